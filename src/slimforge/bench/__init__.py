@@ -1,0 +1,1 @@
+"""Benchmarking: timers, memory and size measurement, and `benchmark()` itself."""

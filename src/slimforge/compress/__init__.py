@@ -1,0 +1,114 @@
+"""Compression steps: a typed config in, a new model out, registered by name.
+
+Owns: `StepConfig` (the base of every step's config), `CompressionStep` (the registry entry:
+config type, `apply` and `restructure`), the `STEPS` registry and `apply_step`. A step's
+`apply(model, config)` returns a new model and never mutates its input, so the pipeline can
+compare stages side by side. `restructure(model, config)` turns a freshly built float model
+into the compressed structure with placeholder values, so an artifact can be rebuilt and then
+filled from its safetensors. Providers register themselves in their own module; this module
+imports them explicitly in `_providers()` (no package scanning).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict
+
+from slimforge.errors import RecipeError
+from slimforge.registry import Registry
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from slimforge.models.tasks import LoadedModel
+
+
+class StepConfig(BaseModel):
+    """Base of every compression step's config: frozen, and unknown keys are errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+@dataclass(frozen=True)
+class CompressionStep:
+    """A registered step: its config type, its transform, and its structural replay."""
+
+    name: str
+    config_type: type[StepConfig]
+    apply: Callable[[nn.Module, Any], nn.Module]
+    restructure: Callable[[nn.Module, Any], nn.Module]
+
+
+STEPS = Registry[CompressionStep]("compression step")
+
+
+def register_step(
+    name: str, config_type: type[StepConfig], restructure: Callable[[nn.Module, Any], nn.Module]
+) -> Callable[[Callable[[nn.Module, Any], nn.Module]], Callable[[nn.Module, Any], nn.Module]]:
+    """Decorator for a step's `apply` function: registers it under `name`."""
+
+    def decorate(apply: Callable[[nn.Module, Any], nn.Module]):
+        STEPS.register(name)(CompressionStep(name, config_type, apply, restructure))
+        return apply
+
+    return decorate
+
+
+def _providers() -> None:
+    """Import every module that registers steps (explicit, no scanning)."""
+    import slimforge.compress.quantize  # noqa: F401
+
+
+def get_step(name: str) -> CompressionStep:
+    """The step registered as `name`; an unknown name lists the known ones."""
+    _providers()
+    return STEPS.get(name)
+
+
+def step_names() -> list[str]:
+    """Every registered step name."""
+    _providers()
+    return STEPS.names()
+
+
+def parse_step(spec: dict[str, Any]) -> tuple[CompressionStep, StepConfig]:
+    """Validate `{"step": name, **config}` into the step and its typed config.
+
+    Raises:
+        RecipeError: no `step` key, an unknown step, or a config that does not validate.
+    """
+    from pydantic import ValidationError
+
+    fields = dict(spec)
+    name = fields.pop("step", None)
+    if not isinstance(name, str):
+        raise RecipeError(f"A step needs a `step:` name, got {spec!r}.",
+                          f"write `- step: NAME` with NAME one of {step_names()}.")
+    try:
+        step = get_step(name)
+    except Exception as exc:  # the registry's miss carries the list of known names
+        raise RecipeError(str(exc)) from None
+    try:
+        return step, step.config_type.model_validate(fields)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise RecipeError(f"Step {name!r} has a bad config: {problems}.",
+                          f"see the fields of {step.config_type.__name__}.") from None
+
+
+def apply_step(loaded: LoadedModel, spec: dict[str, Any]) -> LoadedModel:
+    """Run one step on a LoadedModel; returns a new LoadedModel that records the step."""
+    step, config = parse_step(spec)
+    model = step.apply(loaded.model, config)
+    return loaded.derive(model, {"step": step.name, **config.model_dump(mode="json")})
+
+
+def restructure(model: nn.Module, steps: list[dict[str, Any]]) -> nn.Module:
+    """Replay recorded steps' structure on a fresh float model, ready for `load_state_dict`."""
+    for spec in steps:
+        step, config = parse_step(spec)
+        model = step.restructure(model, config)
+    return model

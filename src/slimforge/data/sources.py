@@ -1,0 +1,247 @@
+"""Text and records from a data spec, read streaming, with clear errors.
+
+Owns: `builtin:stdlib-docs` (English paragraphs from the Python standard library's
+docstrings, built at run time with no network), and local `.jsonl`, `.csv`, `.parquet` and
+`.txt` files. The corpus is built in a clean interpreter (`python -I`) from a fixed module
+list, because what a process has imported changes which docstrings exist; its sha256 is
+recorded so two runs can prove they saw the same text. Paragraphs go to the `train`
+(calibration) or `eval` (held-out) split by a hash of their text, so the splits never overlap
+and do not shift when the corpus grows. Local files are taken whole: the file is the split.
+
+    >>> paragraphs = load_texts("builtin:stdlib-docs", split="eval", limit=3)
+    >>> len(paragraphs)
+    3
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import hashlib
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from slimforge.errors import DataError
+
+Split = Literal["train", "eval", "all"]
+STDLIB_DOCS = "builtin:stdlib-docs"
+EVAL_PERCENT = 20  # share of paragraphs held out for evaluation
+
+# A fixed list, so the corpus does not depend on what the caller imported. Modules missing from
+# a Python build are skipped (the corpus hash records the difference).
+STDLIB_MODULES = (
+    "abc", "argparse", "array", "ast", "asyncio", "base64", "binascii", "bisect",
+    "builtins", "calendar", "cmath", "cmd", "codecs", "collections", "colorsys",
+    "concurrent.futures", "configparser", "contextlib", "copy", "csv", "dataclasses",
+    "datetime", "dbm", "decimal", "difflib", "dis", "doctest", "email", "email.message",
+    "enum", "filecmp", "fnmatch", "fractions", "ftplib", "functools", "getopt", "gettext",
+    "glob", "gzip", "hashlib", "heapq", "hmac", "html", "html.parser", "http.client",
+    "http.cookiejar", "http.server", "imaplib", "inspect", "io", "ipaddress", "itertools",
+    "json", "logging", "logging.handlers", "lzma", "mailbox", "math", "mimetypes",
+    "multiprocessing", "numbers", "operator", "optparse", "os", "pathlib", "pdb", "pickle",
+    "pkgutil", "platform", "plistlib", "poplib", "pprint", "profile", "pstats", "queue",
+    "quopri", "random", "re", "reprlib", "sched", "secrets", "select", "selectors",
+    "shelve", "shlex", "shutil", "smtplib", "socket", "socketserver", "sqlite3", "ssl",
+    "statistics", "string", "struct", "subprocess", "tarfile", "tempfile", "textwrap",
+    "threading", "time", "timeit", "tokenize", "trace", "traceback", "turtle", "typing",
+    "unittest", "unittest.mock", "urllib.parse", "urllib.request", "uuid", "warnings",
+    "wave", "weakref", "webbrowser", "xml.dom.minidom", "xml.etree.ElementTree", "xml.sax",
+    "zipfile", "zipimport",
+)
+
+_BUILD_SCRIPT = r"""
+import importlib, inspect, json, re, sys
+def docs(mod):
+    yield inspect.getdoc(mod) or ""
+    for name, obj in sorted(vars(mod).items()):
+        home = getattr(obj, "__module__", None) or ""
+        inside = home == mod.__name__ or home.startswith(mod.__name__ + ".")
+        if name.startswith("_") or not inside:
+            continue
+        yield inspect.getdoc(obj) or ""
+        if inspect.isclass(obj):
+            for attr, member in sorted(vars(obj).items()):
+                if not attr.startswith("_") and callable(member):
+                    yield inspect.getdoc(member) or ""
+def keep(p):
+    words = p.split()
+    letters = sum(c.isalpha() for c in p)
+    return (12 <= len(words) <= 200 and letters >= 0.75 * len(p.replace(" ", ""))
+            and ">>>" not in p and not p.rstrip().endswith(":") and p[0].isupper())
+seen, out, used = set(), [], []
+for modname in json.loads(sys.argv[1]):
+    try:
+        mod = importlib.import_module(modname)
+    except Exception:
+        continue
+    used.append(modname)
+    for doc in docs(mod):
+        for block in re.split(r"\n\s*\n", doc):
+            p = " ".join(block.split())
+            if p and keep(p) and p not in seen:
+                seen.add(p)
+                out.append(p)
+json.dump({"paragraphs": out, "modules": used}, sys.stdout)
+"""
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """The stdlib docstring corpus: paragraphs in a fixed order, and their provenance."""
+
+    paragraphs: tuple[str, ...]
+    modules: tuple[str, ...]
+    sha256: str
+    python: str
+
+    def split(self, which: Split) -> list[str]:
+        """The paragraphs of one split; `train` and `eval` never share a paragraph."""
+        if which == "all":
+            return list(self.paragraphs)
+        held_out = [p for p in self.paragraphs if _bucket(p) < EVAL_PERCENT]
+        if which == "eval":
+            return held_out
+        kept = set(held_out)
+        return [p for p in self.paragraphs if p not in kept]
+
+
+def _bucket(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") % 100
+
+
+@functools.lru_cache(maxsize=1)
+def stdlib_corpus() -> Corpus:
+    """Build (once per process) the stdlib docstring corpus in a clean interpreter."""
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", _BUILD_SCRIPT, json.dumps(STDLIB_MODULES)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    if result.returncode != 0:
+        raise DataError(
+            f"Building {STDLIB_DOCS} failed: {result.stderr.strip()[-300:]}",
+            "check that this Python's standard library is complete.",
+        )
+    built = json.loads(result.stdout)
+    paragraphs = tuple(built["paragraphs"])
+    digest = hashlib.sha256("\n\n".join(paragraphs).encode()).hexdigest()
+    version = ".".join(map(str, sys.version_info[:3]))
+    return Corpus(paragraphs, tuple(built["modules"]), digest, version)
+
+
+def describe(spec: str) -> dict[str, Any]:
+    """Provenance of a data spec for manifests: the corpus hash, or the file's path and size."""
+    if spec == STDLIB_DOCS:
+        corpus = stdlib_corpus()
+        return {"spec": spec, "sha256": corpus.sha256, "python": corpus.python,
+                "paragraphs": len(corpus.paragraphs)}
+    path = Path(spec)
+    return {"spec": spec, "bytes": path.stat().st_size if path.is_file() else None}
+
+
+def iter_records(spec: str) -> Iterator[dict[str, Any]]:
+    """Stream the records of a local file (one dict per line / row); see `load_texts`."""
+    path = Path(spec)
+    if not path.is_file():
+        raise DataError(f"Data file {path} does not exist.",
+                        f"check the path, or use {STDLIB_DOCS} for the built-in corpus.")
+    readers = {".jsonl": _jsonl, ".csv": _csv, ".parquet": _parquet, ".txt": _txt}
+    reader = readers.get(path.suffix.lower())
+    if reader is None:
+        raise DataError(f"{path} has an unsupported extension {path.suffix!r}.",
+                        f"use one of {', '.join(readers)}.")
+    return reader(path)
+
+
+def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{number} is not valid JSON ({exc.msg}).",
+                                "write one JSON object per line.") from None
+            if not isinstance(record, dict):
+                raise DataError(f"{path}:{number} is a JSON {type(record).__name__}, "
+                                "not an object.", 'write objects like {"text": "..."}.')
+            yield record
+
+
+def _csv(path: Path) -> Iterator[dict[str, Any]]:
+    with open(path, encoding="utf-8", newline="") as handle:
+        yield from csv.DictReader(handle)
+
+
+def _parquet(path: Path) -> Iterator[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        source = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises its own error types for corrupt files
+        raise DataError(f"{path} is not a readable Parquet file ({exc}).",
+                        "write it again, e.g. with pandas.DataFrame.to_parquet.") from None
+    for batch in source.iter_batches(batch_size=1024):
+        yield from batch.to_pylist()
+
+
+def _txt(path: Path) -> Iterator[dict[str, Any]]:
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                yield {"text": line.rstrip("\n")}
+
+
+def load_records(spec: str, limit: int | None = None) -> list[dict[str, Any]]:
+    """Up to `limit` records of a local file, read streaming.
+
+    Raises:
+        DataError: the file is missing, malformed or empty.
+    """
+    records: list[dict[str, Any]] = []
+    if limit is not None and limit <= 0:
+        return records
+    for record in iter_records(spec):
+        records.append(record)
+        if len(records) == limit:
+            break  # stop reading: the rest of the file is never parsed
+    if not records:
+        raise DataError(f"{spec} holds no records.", "point at a file with at least one row.")
+    return records
+
+
+def load_texts(
+    spec: str, split: Split = "eval", limit: int | None = None, text_field: str = "text"
+) -> list[str]:
+    """Up to `limit` texts from a data spec.
+
+    Args:
+        spec: `builtin:stdlib-docs`, or a `.jsonl` / `.csv` / `.parquet` / `.txt` file.
+        split: for the built-in corpus, `train` (calibration), `eval` (held out) or `all`.
+            Local files are taken whole.
+        limit: the most texts to return (files stop reading there).
+        text_field: the column or key holding the text (`.txt` files: each line).
+
+    Raises:
+        DataError: missing or malformed data, a missing field, or no text at all.
+    """
+    if spec == STDLIB_DOCS:
+        texts = stdlib_corpus().split(split)[:limit]
+    else:
+        texts = []
+        for record in load_records(spec, limit):
+            if text_field not in record:
+                raise DataError(f"{spec} has a record without the field {text_field!r} "
+                                f"(fields: {', '.join(map(str, record))}).",
+                                "pass text_field= the name of the text column.")
+            texts.append(str(record[text_field]))
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+        raise DataError(f"{spec} gave no text for split {split!r}.",
+                        "use a dataset with non-empty text.")
+    return texts

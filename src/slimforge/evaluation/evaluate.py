@@ -1,0 +1,201 @@
+"""`evaluate(model, data, reference) -> EvalResult`: the quality metric of each task.
+
+Owns: `EvalConfig`, `EvalResult`, `evaluate`. Per task:
+- embedding: fidelity against a reference (mean cosine, top-10 neighbour overlap, Spearman of
+  pairwise similarities), plus half-paragraph retrieval@1 as a quality figure of its own;
+- causal-lm: perplexity over held-out text in strided windows;
+- classification: accuracy and macro-F1 over labelled records.
+The reference of an embedding model defaults to the uncompressed model it came from (an
+artifact's `base_spec`); a plain model with no reference gets retrieval only, and says so.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from slimforge.data.sources import STDLIB_DOCS, describe, load_records, load_texts
+from slimforge.errors import DataError, SlimforgeError
+from slimforge.evaluation import metrics
+from slimforge.models.load import load_model
+from slimforge.models.tasks import LoadedModel, classify, embed
+from slimforge.progress import track
+from slimforge.runtime import setup_runtime
+
+
+class EvalConfig(BaseModel):
+    """How much data to evaluate on, and in what shape."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    limit: int | None = Field(500, ge=2)
+    """Most texts (embedding) or records (classification) to evaluate on."""
+    max_tokens: int = Field(8192, ge=16)
+    """Causal LMs: held-out tokens scored for perplexity."""
+    window: int = Field(1024, ge=8)
+    """Causal LMs: tokens of context per forward pass."""
+    stride: int = Field(512, ge=1)
+    """Causal LMs: new tokens scored per window (the rest is context)."""
+    batch_size: int = Field(32, ge=1)
+    """Texts per forward pass (embedding, classification)."""
+    max_length: int = Field(128, ge=8)
+    """Tokens per text (embedding, classification); longer texts are truncated."""
+    text_field: str = "text"
+    """Column holding the text in local data files."""
+    label_field: str = "label"
+    """Column holding the label in local data files (classification)."""
+    threads: int | None = None
+    """Intra-op threads; None uses every core this process may use."""
+
+
+@dataclass
+class EvalResult:
+    """What an evaluation measured. `outputs` (embeddings) can serve as a later reference."""
+
+    task: str
+    spec: str
+    metrics: dict[str, float]
+    samples: int
+    data: dict[str, Any]
+    reference: str | None = None
+    notes: list[str] = field(default_factory=list)
+    outputs: torch.Tensor | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """The metrics at the top level, plus provenance; `outputs` are left out."""
+        return {**self.metrics, "task": self.task, "spec": self.spec, "samples": self.samples,
+                "data": self.data, "reference": self.reference, "notes": self.notes}
+
+
+def _as_loaded(model: str | LoadedModel) -> LoadedModel:
+    return model if isinstance(model, LoadedModel) else load_model(model)
+
+
+def _halves(texts: list[str]) -> tuple[list[str], list[str]]:
+    split = [t.split() for t in texts]
+    return ([" ".join(w[: len(w) // 2]) for w in split],
+            [" ".join(w[len(w) // 2 :]) for w in split])
+
+
+def _embedding(loaded: LoadedModel, data: str, reference: Any, config: EvalConfig) -> EvalResult:
+    texts = load_texts(data, "eval", config.limit, config.text_field)
+    if len(texts) < 2:
+        raise DataError(f"{data} gave {len(texts)} text; embedding fidelity needs two or more.",
+                        "use more data or a larger limit.")
+    run = {"batch_size": config.batch_size, "max_length": config.max_length}
+    emb = embed(loaded, texts, **run)
+    firsts, seconds = _halves(texts)
+    values = {"retrieval_at_1": metrics.retrieval_at_1(embed(loaded, firsts, **run),
+                                                       embed(loaded, seconds, **run))}
+    notes, ref_name = [], None
+    if reference is None and loaded.base_spec:
+        reference = loaded.base_spec
+        notes.append(f"reference: the base model {loaded.base_spec}")
+    if isinstance(reference, EvalResult):
+        ref_emb, ref_name = reference.outputs, reference.spec
+    elif reference is not None:
+        ref_loaded = _as_loaded(reference)
+        ref_emb, ref_name = embed(ref_loaded, texts, **run), ref_loaded.spec
+    else:
+        ref_emb = None
+        notes.append("no reference: fidelity needs --reference (the model to compare with)")
+    if ref_emb is not None:
+        if ref_emb.shape != emb.shape:
+            raise SlimforgeError(f"Reference outputs {tuple(ref_emb.shape)} do not match the "
+                                 f"model's {tuple(emb.shape)}.", "evaluate both on the same data.")
+        values.update(cosine_mean=metrics.cosine_mean(emb, ref_emb),
+                      knn_overlap_at_10=metrics.knn_overlap(emb, ref_emb, 10),
+                      spearman=metrics.pairwise_spearman(emb, ref_emb))
+    return EvalResult("embedding", loaded.spec, values, len(texts), describe(data), ref_name,
+                      notes, outputs=emb)
+
+
+@torch.inference_mode()
+def _causal_lm(loaded: LoadedModel, data: str, config: EvalConfig) -> EvalResult:
+    if config.stride > config.window:
+        raise SlimforgeError(f"stride {config.stride} is larger than window {config.window}.",
+                             "use a stride at most the window (half the window is usual).")
+    text = "\n\n".join(load_texts(data, "eval", None, config.text_field))
+    ids = loaded.tokenizer(text, return_tensors="pt").input_ids[0][: config.max_tokens]
+    if len(ids) < 2:
+        raise DataError(f"{data} gave fewer than 2 tokens.", "use more text.")
+    nll, scored, end = 0.0, 0, 0
+    for begin in track(range(0, len(ids) - 1, config.stride), "perplexity windows"):
+        stop = min(begin + config.window, len(ids))
+        chunk = ids[begin:stop].unsqueeze(0).to(loaded.device)
+        logits = loaded.model(input_ids=chunk).logits[0, :-1].float()
+        losses = torch.nn.functional.cross_entropy(logits, chunk[0, 1:], reduction="none")
+        fresh = losses[-(stop - max(end, begin + 1)) :]  # tokens no earlier window scored
+        nll, scored, end = nll + float(fresh.sum()), scored + len(fresh), stop
+        if stop == len(ids):
+            break
+    value = metrics.perplexity(nll, scored)
+    if not math.isfinite(value):
+        raise SlimforgeError(f"Perplexity of {loaded.spec} is {value}: the model outputs "
+                             "non-finite logits.", "check the model's weights and dtype.")
+    return EvalResult("causal-lm", loaded.spec, {"perplexity": value, "tokens": float(scored)},
+                      scored, describe(data), notes=[f"window {config.window}, "
+                                                     f"stride {config.stride}"])
+
+
+def _label_ids(loaded: LoadedModel, labels: list[Any]) -> torch.Tensor:
+    mapping = getattr(getattr(loaded.model, "config", None), "label2id", None) or {}
+    try:
+        return torch.tensor([mapping[x] if x in mapping else int(x) for x in labels])
+    except (TypeError, ValueError):
+        raise DataError(f"Labels must be class ids or names the model knows; got {labels[:3]}.",
+                        "map labels to integers 0..C-1.") from None
+
+
+def _classification(loaded: LoadedModel, data: str, config: EvalConfig) -> EvalResult:
+    if data == STDLIB_DOCS:
+        raise DataError(f"{data} has no labels.", "pass a labelled .jsonl/.csv/.parquet file.")
+    records = load_records(data, config.limit)
+    field_name = config.text_field if loaded.tokenizer is not None else "features"
+    missing = [f for f in (field_name, config.label_field) if f not in records[0]]
+    if missing:
+        raise DataError(f"{data} records lack {missing} (fields: {list(records[0])}).",
+                        "name the columns with text_field= and label_field=.")
+    preds = classify(loaded, [r[field_name] for r in records], config.batch_size)
+    labels = _label_ids(loaded, [r[config.label_field] for r in records])
+    values = {"accuracy": metrics.accuracy(preds, labels),
+              "macro_f1": metrics.macro_f1(preds, labels)}
+    return EvalResult("classification", loaded.spec, values, len(records), describe(data))
+
+
+def evaluate(
+    model: str | LoadedModel,
+    data: str = STDLIB_DOCS,
+    reference: str | LoadedModel | EvalResult | None = None,
+    config: EvalConfig | None = None,
+) -> EvalResult:
+    """Measure a model's quality with its task's metric.
+
+    Args:
+        model: a spec (see `load_model`) or a loaded model.
+        data: `builtin:stdlib-docs` (held-out split) or a local data file.
+        reference: embedding task only: the model (or an earlier EvalResult) to compare with;
+            defaults to the model's uncompressed base when it has one.
+        config: data limits and shapes; defaults to `EvalConfig()`.
+
+    Returns:
+        The metrics, sample count and data provenance.
+
+    Raises:
+        SlimforgeError: bad data, a task without a metric, or non-finite results.
+    """
+    config = config or EvalConfig()
+    setup_runtime(threads=config.threads)
+    loaded = _as_loaded(model)
+    if loaded.task == "embedding":
+        return _embedding(loaded, data, reference, config)
+    if loaded.task == "causal-lm":
+        return _causal_lm(loaded, data, config)
+    if loaded.task == "classification":
+        return _classification(loaded, data, config)
+    raise SlimforgeError(f"Task {loaded.task!r} has no built-in metric.",
+                         "load it with task='embedding', 'causal-lm' or 'classification'.")

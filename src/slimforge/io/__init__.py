@@ -1,0 +1,1 @@
+"""Reading and writing artifacts safely: atomic writes, hashed manifests, safetensors."""

@@ -1,0 +1,1 @@
+"""Models: loading from every kind of spec, the tasks they serve, tiny seeded test models."""

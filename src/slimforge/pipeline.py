@@ -1,0 +1,132 @@
+"""`optimize(recipe) -> OptimizeResult`: the one orchestrator.
+
+Owns: baseline -> each stage's compression steps -> evaluate and benchmark every stage ->
+pick the winner within the quality floor -> write the run folder (winner's model, metrics,
+report, manifest). Every stage is benchmarked against the baseline in the same run, so its
+speed-up is a ratio the noisy machine cancels out of. Methods plug in through the compression
+registry (`compress/`), never by editing this file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from slimforge.bench.bench import BenchResult, benchmark
+from slimforge.compress import apply_step
+from slimforge.errors import SlimforgeError
+from slimforge.evaluation.evaluate import EvalResult, evaluate
+from slimforge.io.run import write_run
+from slimforge.models.load import load_model
+from slimforge.models.tasks import LoadedModel
+from slimforge.recipe import Recipe, Selection, Stage, load_recipe
+from slimforge.report.report import optimize_report
+
+
+@dataclass
+class StageResult:
+    """One stage's model and figures, and whether it met the quality floor."""
+
+    name: str
+    loaded: LoadedModel
+    eval: EvalResult
+    bench: BenchResult
+    passed: bool
+    verdict: str
+    notes: list[str]
+
+    def to_json(self, selected: bool) -> dict[str, Any]:
+        """The stage as written to metrics.json."""
+        return {"name": self.name, "steps": self.loaded.steps, "eval": self.eval.to_json(),
+                "bench": self.bench.to_json(), "passed": self.passed, "verdict": self.verdict,
+                "selected": selected, "notes": self.notes}
+
+
+@dataclass
+class OptimizeResult:
+    """What `optimize` produced: every stage, the winner, and where the run folder is."""
+
+    run_dir: Path
+    stages: list[StageResult]
+    selected: str
+    reason: str
+
+    @property
+    def report_path(self) -> Path:
+        """The Markdown report inside the run folder."""
+        return self.run_dir / "report.md"
+
+
+def _judge(stage: EvalResult, base: EvalResult, select: Selection) -> tuple[bool, str]:
+    m, b = stage.metrics, base.metrics
+    if "cosine_mean" in m:
+        ok = m["cosine_mean"] >= select.min_cosine
+        return ok, f"cosine {m['cosine_mean']:.4f} {'≥' if ok else '<'} {select.min_cosine}"
+    if "perplexity" in m:
+        ratio = m["perplexity"] / b["perplexity"]
+        ok = ratio <= select.max_perplexity_ratio
+        return ok, f"perplexity ×{ratio:.3f} {'≤' if ok else '>'} ×{select.max_perplexity_ratio}"
+    if "accuracy" in m:
+        ratio = m["accuracy"] / max(b["accuracy"], 1e-12)
+        ok = ratio >= select.min_accuracy_ratio
+        return ok, f"accuracy ×{ratio:.3f} {'≥' if ok else '<'} ×{select.min_accuracy_ratio}"
+    raise SlimforgeError(f"No quality metric to judge stage {stage.spec} by.",
+                         "evaluate with a task that has a metric.")
+
+
+def _score(stage: StageResult, objective: str) -> float:
+    bench = stage.bench
+    return {"latency": bench.p50_ms, "size": bench.size_mb,
+            "throughput": -bench.throughput_per_s}[objective]
+
+
+def _pick(stages: list[StageResult], select: Selection) -> tuple[StageResult, str]:
+    passing = [s for s in stages if s.passed]
+    best = min(passing, key=lambda s: _score(s, select.objective))
+    failed = [s.name for s in stages if not s.passed]
+    reason = f"best {select.objective} among stages within the quality floor"
+    if failed:
+        reason += f"; below the floor: {', '.join(failed)}"
+    return best, reason
+
+
+def _run_stage(stage: Stage, base: LoadedModel, base_eval: EvalResult, recipe: Recipe
+               ) -> StageResult:
+    loaded = base
+    for step in stage.steps:
+        loaded = apply_step(loaded, step)
+    result = evaluate(loaded, recipe.data, reference=base_eval, config=recipe.eval)
+    bench = benchmark(loaded, recipe.bench, anchor=base)
+    passed, verdict = _judge(result, base_eval, recipe.select)
+    return StageResult(stage.name, loaded, result, bench, passed, verdict, result.notes)
+
+
+def optimize(recipe: Recipe | str | Path | None = None, output_dir: str | None = None
+             ) -> OptimizeResult:
+    """Compare the baseline with every stage of a recipe, pick the winner, write a run.
+
+    Args:
+        recipe: a Recipe, a YAML path, or None for the embedded default.
+        output_dir: overrides the recipe's `output_dir`.
+
+    Returns:
+        Every stage's figures, the winner and the run folder holding its model and report.
+    """
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe)
+    base_model = load_model(recipe.model, recipe.task)
+    base_eval = evaluate(base_model, recipe.data, config=recipe.eval)
+    stages = [_run_stage(stage, base_model, base_eval, recipe) for stage in recipe.stages]
+    # Each stage was timed against the baseline in alternating rounds; the first stage's
+    # anchor figures are the baseline's row, so it is not measured a second time.
+    base_bench = stages[0].bench.anchor if stages else benchmark(base_model, recipe.bench)
+    stages.insert(0, StageResult("baseline", base_model, base_eval, base_bench, True,
+                                 "reference", ["the reference every stage is compared with"]))
+    winner, reason = _pick(stages, recipe.select)
+    summary = {"model": recipe.model, "data": base_eval.data, "selected": winner.name,
+               "reason": reason, "stages": [s.to_json(s is winner) for s in stages]}
+    run_dir = write_run(output_dir or recipe.output_dir, "optimize", recipe.model,
+                        recipe.model_dump(mode="json"), summary, optimize_report(summary),
+                        model=winner.loaded)
+    return OptimizeResult(run_dir, stages, winner.name, reason)

