@@ -203,7 +203,7 @@ def optimize(
     _table(f"slimforge optimize {summary['model']}", SHORT_COLUMNS,
            stage_rows(summary["stages"], short=True))
     console.print(f"selected: {result.selected} ({result.reason})")
-    console.print(f"report: {result.report_path}")
+    console.print(f"report: {result.report_path.resolve()}")
     _json_line({"run_dir": str(result.run_dir), "report": str(result.report_path),
                 "selected": result.selected,
                 "stages": {s["name"]: {**{k: s["eval"][k] for k in s["eval"]

@@ -100,6 +100,7 @@ class _Plan:
     prefill: Call | None
     samples: dict[str, list[float]] = field(default_factory=dict)
     peak_rss: float = 0.0
+    cuda_peak: float = 0.0
 
 
 def _texts(n: int) -> list[str]:
@@ -162,6 +163,8 @@ def _steps_of(call: Call, warmup: int, repeats: int) -> list[float]:
 @torch.inference_mode()
 def _measure_round(plan: _Plan, config: BenchConfig, repeats: int, sync: bool) -> None:
     measure.reset_peak_rss()
+    if sync:
+        torch.cuda.reset_peak_memory_stats()
     causal = plan.loaded.task == "causal-lm"
     heavy = max(1, repeats // 4)  # batched work is slow; fewer repeats keep runs short
     if causal:
@@ -176,6 +179,8 @@ def _measure_round(plan: _Plan, config: BenchConfig, repeats: int, sync: bool) -
     plan.samples.setdefault("latency", []).extend(lat)
     plan.samples.setdefault("throughput", []).extend(thr)
     plan.peak_rss = max(plan.peak_rss, measure.peak_rss_mb())
+    if sync:
+        plan.cuda_peak = max(plan.cuda_peak, torch.cuda.max_memory_allocated() / 1e6)
 
 
 def _result(plan: _Plan, config: BenchConfig, threads: int, device: str) -> BenchResult:
@@ -201,7 +206,7 @@ def _result(plan: _Plan, config: BenchConfig, threads: int, device: str) -> Benc
         result.prefill_tokens_per_s = (config.prefill_len * 1000.0
                                        / measure.percentile(plan.samples["prefill"], 50))
     if device == "cuda":
-        result.cuda_peak_mb = torch.cuda.max_memory_allocated() / 1e6
+        result.cuda_peak_mb = plan.cuda_peak
     return result
 
 
@@ -236,13 +241,14 @@ def benchmark(
     runtime = setup_runtime(threads=config.threads)
     plans = [_plan(m if isinstance(m, LoadedModel) else load_model(m), config)
              for m in ([model] if anchor is None else [model, anchor])]
-    sync = runtime.device == "cuda"
+    device = plans[0].loaded.device.type  # where the model is, not what the machine has
+    sync = device == "cuda"
     rounds = config.rounds if anchor is not None else 1
     per_round = max(1, config.repeats // rounds)
     schedule = [plan for _ in range(rounds) for plan in plans]  # alternate model and anchor
     for plan in track(schedule, "benchmarking"):
         _measure_round(plan, config, per_round, sync)
-    results = [_result(p, config, runtime.threads, runtime.device) for p in plans]
+    results = [_result(p, config, runtime.threads, device) for p in plans]
     if anchor is not None:
         results[0].anchor = results[1]
         results[0].vs_anchor = _ratios(results[0], results[1])

@@ -50,3 +50,17 @@ def test_module_without_inputs_gets_a_clear_error():
     loaded = load_model("module:torch.nn:Identity")
     with pytest.raises(SlimforgeError, match="no tokenizer and no example_inputs"):
         benchmark(loaded, FAST)
+
+
+@pytest.mark.gpu
+def test_cuda_model_reports_cuda_peak(tiny_bert):
+    tiny_bert.model.to("cuda")
+    result = benchmark(tiny_bert, FAST)
+    assert result.device == "cuda"
+    assert result.cuda_peak_mb > 0
+
+
+def test_cpu_model_is_reported_on_cpu(tiny_bert):
+    result = benchmark(tiny_bert, FAST)
+    assert result.device == "cpu"
+    assert result.cuda_peak_mb is None

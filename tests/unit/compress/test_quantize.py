@@ -94,3 +94,13 @@ def test_step_config_errors_name_the_key():
     with pytest.raises(RecipeError, match="needs a `step:` name"):
         parse_step({"method": "dynamic-int8"})
     assert get_step("quantize").config_type is QuantConfig
+
+
+@pytest.mark.gpu
+def test_cuda_runs_the_dequantized_weights():
+    torch.manual_seed(0)
+    q = DynamicInt8Linear.from_float(torch.nn.Linear(64, 32), per_channel=True)
+    x = torch.randn(4, 64)
+    expected = x @ q.dequantized_weight().T + q.bias
+    out = q.to("cuda")(x.cuda()).cpu()
+    assert torch.allclose(out, expected, atol=1e-4)

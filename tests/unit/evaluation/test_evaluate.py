@@ -79,3 +79,16 @@ def test_classification_needs_labels(tmp_path):
     path.write_text(json.dumps({"features": [0.0] * 16, "label": "spam"}))
     with pytest.raises(DataError, match="class ids or names"):
         evaluate(loaded, str(path), config=SMALL)
+
+
+def test_perplexity_equals_transformers_own_loss_on_one_window(tiny_llama):
+    """Known answer: with one window, perplexity is exp of the model's built-in LM loss."""
+    from slimforge.data.sources import load_texts
+
+    config = SMALL.model_copy(update={"window": 200, "stride": 200, "max_tokens": 200})
+    result = evaluate(tiny_llama, config=config)
+    text = "\n\n".join(load_texts("builtin:stdlib-docs", "eval"))
+    ids = tiny_llama.tokenizer(text, return_tensors="pt").input_ids[:, :200]
+    with torch.inference_mode():
+        loss = tiny_llama.model(input_ids=ids, labels=ids).loss
+    assert result.metrics["perplexity"] == pytest.approx(float(torch.exp(loss)), rel=1e-4)
