@@ -21,14 +21,15 @@ def test_embeddings_rank_related_sentences_first(minilm):
 
 
 def test_int8_keeps_fidelity_and_shrinks(minilm, tmp_path):
-    q = apply_step(minilm, {"step": "quantize", "granularity": "per-channel"})
+    q = apply_step(minilm, {"step": "quantize"})  # per-channel, int8 tables, auto range
     result = evaluate(q, config=EvalConfig(limit=120))
     assert result.reference == "builtin:minilm"
-    assert result.metrics["cosine_mean"] > 0.95
-    assert result.metrics["knn_overlap_at_10"] > 0.7
-    assert result.metrics["spearman"] > 0.9
+    full = q.model.encoder.layer[0].intermediate.dense.full_range
+    assert result.metrics["cosine_mean"] > (0.985 if bool(full) else 0.96)
+    assert result.metrics["knn_overlap_at_10"] > (0.85 if bool(full) else 0.75)
+    assert result.metrics["spearman"] > 0.95
     figures = benchmark(q, BenchConfig(repeats=4, batch_size=4, seq_len=32, warmup=1))
-    assert figures.size_mb < 0.7 * 90.9
+    assert figures.size_mb < 0.30 * 90.9  # the int8 word-embedding table is most of it
 
     again = load_model(str(write_run(tmp_path, "test", "builtin:minilm", {}, {}, "#\n", q)))
     texts = ["Return the value of the named attribute of object."]

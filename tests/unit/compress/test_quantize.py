@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from slimforge.compress import apply_step, get_step, parse_step, restructure
-from slimforge.compress.quantize import DynamicInt8Linear, QuantConfig, quantize
+from slimforge.compress.quantize import (
+    DynamicInt8Linear,
+    Int8Embedding,
+    QuantConfig,
+    cpu_has_vnni,
+    quantize,
+)
 from slimforge.errors import RecipeError
 
 
@@ -65,7 +71,8 @@ def test_skip_patterns_keep_modules_in_float(tiny_llama):
 def test_restructure_then_load_reproduces_the_quantized_model(tiny_bert):
     loaded = apply_step(tiny_bert, {"step": "quantize", "granularity": "per-tensor"})
     assert loaded.steps == [{"step": "quantize", "method": "dynamic-int8",
-                             "granularity": "per-tensor", "skip": []}]
+                             "granularity": "per-tensor", "skip": [], "embeddings": True,
+                             "activation_range": "auto"}]
     from slimforge.models.tiny import tiny_bert as build
 
     empty = restructure(build(seed=5), loaded.steps)
@@ -78,7 +85,7 @@ def test_packed_kernel_state_is_a_cache_not_state():
     q = DynamicInt8Linear.from_float(torch.nn.Linear(8, 4), per_channel=True)
     q(torch.randn(2, 8))
     assert q._packed is not None
-    assert set(q.state_dict()) == {"weight_int8", "weight_scale", "bias"}
+    assert set(q.state_dict()) == {"weight_int8", "weight_scale", "bias", "full_range"}
     clone = pickle.loads(pickle.dumps(q))
     assert clone._packed is None
     assert torch.equal(clone(torch.ones(1, 8)), q(torch.ones(1, 8)))
@@ -104,3 +111,43 @@ def test_cuda_runs_the_dequantized_weights():
     expected = x @ q.dequantized_weight().T + q.bias
     out = q.to("cuda")(x.cuda()).cpu()
     assert torch.allclose(out, expected, atol=1e-4)
+
+
+def test_int8_embedding_rows_are_close_and_padding_stays_zero():
+    torch.manual_seed(0)
+    table = torch.nn.Embedding(50, 16, padding_idx=0)
+    q = Int8Embedding.from_float(table)
+    ids = torch.tensor([[0, 3, 49], [7, 7, 1]])
+    assert sqnr_db(table(ids), q(ids)) > 35
+    assert torch.equal(q(torch.tensor([0])), torch.zeros(1, 16))
+    assert q.weight.shape == (50, 16)
+    assert q.weight_int8.element_size() == 1
+
+
+def test_embeddings_are_quantized_unless_asked_not_to(tiny_bert):
+    with_tables = quantize(tiny_bert.model, QuantConfig())
+    without = quantize(tiny_bert.model, QuantConfig(embeddings=False))
+    assert type(with_tables.embeddings.word_embeddings) is Int8Embedding
+    assert type(without.embeddings.word_embeddings) is torch.nn.Embedding
+    kept = quantize(tiny_bert.model, QuantConfig(skip=["embeddings.position_embeddings"]))
+    assert type(kept.embeddings.position_embeddings) is torch.nn.Embedding
+
+
+@pytest.mark.parametrize(("choice", "stored"), [("full", True), ("reduced", False),
+                                                ("auto", None)])
+def test_activation_range_is_stored_in_the_module(choice, stored):
+    q = quantize(torch.nn.Sequential(torch.nn.Linear(8, 8)),
+                 QuantConfig(activation_range=choice))
+    expected = cpu_has_vnni() if stored is None else stored
+    assert bool(q[0].full_range) is expected
+
+
+def test_full_range_activations_are_more_accurate_where_the_cpu_allows():
+    if not cpu_has_vnni():
+        pytest.skip("without VNNI both settings run 7-bit activations")
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(256, 256)
+    x = torch.randn(32, 256)
+    full = DynamicInt8Linear.from_float(linear, per_channel=True, full_range=True)
+    reduced = DynamicInt8Linear.from_float(linear, per_channel=True, full_range=False)
+    assert sqnr_db(linear(x), full(x)) > sqnr_db(linear(x), reduced(x)) + 3
