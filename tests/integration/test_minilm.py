@@ -34,3 +34,19 @@ def test_int8_keeps_fidelity_and_shrinks(minilm, tmp_path):
     again = load_model(str(write_run(tmp_path, "test", "builtin:minilm", {}, {}, "#\n", q)))
     texts = ["Return the value of the named attribute of object."]
     assert torch.equal(embed(again, texts), embed(q, texts))
+
+
+def test_int8_artifact_gives_the_same_embeddings_in_a_new_process(minilm, tmp_path):
+    import subprocess
+    import sys
+
+    q = apply_step(minilm, {"step": "quantize"})
+    run = write_run(tmp_path, "test", "builtin:minilm", {}, {}, "#\n", q)
+    text = "Return a new view of the object's items."
+    code = ("import sys, torch, slimforge\n"
+            "from slimforge.models.tasks import embed\n"
+            f"e = embed(slimforge.load_model({str(run)!r}), [{text!r}])\n"
+            "torch.save(e, sys.argv[1])\n")
+    out = tmp_path / "e.pt"
+    subprocess.run([sys.executable, "-c", code, str(out)], check=True, timeout=300)
+    assert torch.equal(torch.load(out, weights_only=True), embed(q, [text]))

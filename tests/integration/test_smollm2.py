@@ -29,3 +29,17 @@ def test_bench_reports_decode_and_prefill(smollm2):
     assert figures.decode_tokens_per_s > 0
     assert figures.prefill_tokens_per_s > 0
     assert 400 < figures.size_mb < 700  # 134.5M fp32 parameters, embeddings tied
+
+
+def test_weight_only_int8_and_int4_keep_perplexity(smollm2):
+    """Issue 3's floors on held-out text: int8 <= 1.02x fp32, int4 (group 32) <= 1.10x."""
+    from slimforge.compress import apply_step
+
+    config = EvalConfig(max_tokens=1024, window=512, stride=512)
+    base = evaluate(smollm2, config=config).metrics["perplexity"]
+    int8 = apply_step(smollm2, {"step": "quantize", "method": "weight-only-int8"})
+    assert evaluate(int8, config=config).metrics["perplexity"] / base <= 1.02
+    del int8
+    int4 = apply_step(smollm2, {"step": "quantize", "method": "weight-only-int4",
+                                "group_size": 32})
+    assert evaluate(int4, config=config).metrics["perplexity"] / base <= 1.10

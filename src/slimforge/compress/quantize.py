@@ -35,13 +35,16 @@ from pydantic import Field
 from torch import nn
 
 from slimforge.compress import StepConfig, register_step
+from slimforge.compress.weight_only import WeightOnlyInt4Linear, WeightOnlyInt8Linear
+from slimforge.errors import SlimforgeError
 
 
 class QuantConfig(StepConfig):
     """How to quantize a model."""
 
-    method: Literal["dynamic-int8"] = "dynamic-int8"
-    """dynamic-int8: int8 weights, activations quantized per batch at run time (CPU kernel)."""
+    method: Literal["dynamic-int8", "weight-only-int8", "weight-only-int4"] = "dynamic-int8"
+    """dynamic-int8: int8 weights and per-batch int8 activations (compute-bound encoders);
+    weight-only-int8/-int4: only weights shrink (memory-bound LLM decode)."""
     granularity: Literal["per-channel", "per-tensor"] = "per-channel"
     """Weight scales: one per output channel (keeps MiniLM fidelity) or one per matrix."""
     skip: list[str] = Field(default_factory=list)
@@ -49,17 +52,41 @@ class QuantConfig(StepConfig):
     embeddings: bool = True
     """Also store `nn.Embedding` tables as int8, one scale per row (weight-only)."""
     activation_range: Literal["auto", "full", "reduced"] = "auto"
-    """8-bit (full) or 7-bit (reduced) activations; auto: full where the CPU has VNNI."""
+    """dynamic-int8: 8-bit (full) or 7-bit (reduced) activations; auto: full with VNNI."""
+    group_size: Literal[32, 64, 128, 256] = 32
+    """weight-only-int4: input columns sharing one scale and zero."""
+    compute_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Dtype of activations and float layers; auto: bfloat16 for weight-only methods where
+    the CPU has native bf16 (their kernels need it to be fast), else float32."""
+
+
+def _cpu_flags() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return []
 
 
 @functools.cache
 def cpu_has_vnni() -> bool:
     """Whether this x86 CPU has VNNI (int8 dot products accumulated in int32)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
+    flags = _cpu_flags()
     return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
+@functools.cache
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX)."""
+    flags = _cpu_flags()
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def compute_dtype(config: QuantConfig) -> torch.dtype:
+    """The dtype a model quantized with `config` computes in on this machine."""
+    if config.compute_dtype == "auto":
+        fast_bf16 = config.method.startswith("weight-only") and cpu_has_bf16()
+        return torch.bfloat16 if fast_bf16 else torch.float32
+    return getattr(torch, config.compute_dtype)
 
 
 def _full_range(config: QuantConfig) -> bool:
@@ -169,8 +196,9 @@ class Int8Embedding(nn.Module):
         return self.weight_int8.float() * self.weight_scale[:, None]
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        rows = nn.functional.embedding(ids, self.weight_int8).float()
-        return rows * nn.functional.embedding(ids, self.weight_scale[:, None])
+        scale = self.weight_scale  # its dtype is the model's compute dtype
+        rows = nn.functional.embedding(ids, self.weight_int8).to(scale.dtype)
+        return rows * nn.functional.embedding(ids, scale[:, None])
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, int8 per-row"
@@ -194,6 +222,10 @@ def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
 def _quantized(module: nn.Module, config: QuantConfig) -> nn.Module:
     if isinstance(module, nn.Embedding):
         return Int8Embedding.from_float(module)
+    if config.method == "weight-only-int8":
+        return WeightOnlyInt8Linear.from_float(module)
+    if config.method == "weight-only-int4":
+        return WeightOnlyInt4Linear.from_float(module, config.group_size)
     per_channel = config.granularity == "per-channel"
     return DynamicInt8Linear.from_float(module, per_channel, _full_range(config))
 
@@ -201,16 +233,36 @@ def _quantized(module: nn.Module, config: QuantConfig) -> nn.Module:
 def _placeholder(module: nn.Module, config: QuantConfig) -> nn.Module:
     if isinstance(module, nn.Embedding):
         return Int8Embedding(module.num_embeddings, module.embedding_dim, module.padding_idx)
-    channels = module.out_features if config.granularity == "per-channel" else 1
-    return DynamicInt8Linear(module.in_features, module.out_features, module.bias is not None,
-                             channels)
+    shape = (module.in_features, module.out_features, module.bias is not None)
+    if config.method == "weight-only-int8":
+        return WeightOnlyInt8Linear(*shape)
+    if config.method == "weight-only-int4":
+        return WeightOnlyInt4Linear(*shape, config.group_size)
+    return DynamicInt8Linear(*shape, module.out_features
+                             if config.granularity == "per-channel" else 1)
+
+
+def _check_groups(targets: list[tuple[str, nn.Module]], config: QuantConfig) -> None:
+    if config.method != "weight-only-int4":
+        return
+    # PyTorch's int4 CPU kernel packs outputs in tiles of 16 and inputs in whole groups.
+    odd = [name for name, m in targets if isinstance(m, nn.Linear)
+           and (m.in_features % config.group_size or m.out_features % 16)]
+    if odd:
+        raise SlimforgeError(
+            f"weight-only-int4 with group_size {config.group_size} cannot pack "
+            f"{', '.join(odd[:5])}{' ...' if len(odd) > 5 else ''}: in_features must be a "
+            "multiple of group_size and out_features a multiple of 16.",
+            "use a group_size that divides their in_features, or add them to `skip`.")
 
 
 def _replace_modules(model: nn.Module, config: QuantConfig, with_values: bool) -> nn.Module:
     build = _quantized if with_values else _placeholder
-    for name, module in _targets(model, config):
+    targets = _targets(model, config)
+    _check_groups(targets, config)
+    for name, module in targets:
         _swap(model, name, build(module, config))
-    return model
+    return model.to(compute_dtype(config))
 
 
 def _restructure(model: nn.Module, config: QuantConfig) -> nn.Module:
@@ -224,9 +276,13 @@ def quantize(model: nn.Module, config: QuantConfig) -> nn.Module:
     Args:
         model: any module; every `nn.Linear` (and, with `config.embeddings`, every
             `nn.Embedding`) not matched by `config.skip` is replaced.
-        config: method, weight-scale granularity, activation range, modules to skip.
+        config: method, weight-scale granularity, activation range, group size, compute
+            dtype and the modules to skip.
 
     Returns:
-        A new model with `DynamicInt8Linear` and `Int8Embedding` in place of float layers.
+        A new model with quantized layers in place of float ones, in `compute_dtype(config)`.
+
+    Raises:
+        SlimforgeError: int4 groups that do not divide a layer's inputs.
     """
     return _replace_modules(copy.deepcopy(model).eval(), config, with_values=True)

@@ -1,0 +1,148 @@
+"""Weight-only int8 and int4 Linear layers for memory-bound work (LLM decode at batch 1).
+
+Owns: `WeightOnlyInt8Linear` (one symmetric scale per output channel) and
+`WeightOnlyInt4Linear` (asymmetric, one scale and zero per group of `group_size` inputs).
+Activations stay in the model's compute dtype; weights are read as int8 or int4, which is what
+bounds decode speed. On the CPU they run PyTorch's packed kernels
+(`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`), which are fast with bfloat16
+activations and slow with float32 ones, so `quantize` runs such models in bfloat16 where the
+CPU has native bf16. Saved state is portable plain tensors (int4 packed two per byte by us);
+the kernel's own packed layout is a cache rebuilt on first use. Elsewhere (CUDA, odd shapes)
+the layers run dequantized: correct, not faster.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class _CachedKernel(nn.Module):
+    """Shared plumbing: a kernel-specific cache that is never saved or pickled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cache: Any = None
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._cache = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_cache": None}
+
+    def _apply(self, fn: Any, recurse: bool = True) -> nn.Module:
+        self._cache = None  # dtype or device changes invalidate the packed form
+        return super()._apply(fn, recurse)
+
+
+class WeightOnlyInt8Linear(_CachedKernel):
+    """y = x W^T + b with W stored as int8 and one scale per output channel."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        weight = torch.zeros(out_features, in_features, dtype=torch.int8)
+        self.register_buffer("weight_int8", weight)
+        self.register_buffer("weight_scale", torch.ones(out_features))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear) -> WeightOnlyInt8Linear:
+        """Quantize a float Linear's weight per output channel to int8 ([-127, 127])."""
+        weight = linear.weight.detach().float().cpu()
+        scale = (weight.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
+        module = cls(linear.in_features, linear.out_features, linear.bias is not None)
+        module.weight_int8.copy_(torch.clamp(torch.round(weight / scale[:, None]), -127, 127))
+        module.weight_scale.copy_(scale)
+        if linear.bias is not None:
+            module.bias.copy_(linear.bias.detach())
+        return module
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The float weight this layer computes with."""
+        return self.weight_int8.to(self.weight_scale.dtype) * self.weight_scale[:, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu":
+            flat = x.reshape(-1, self.in_features).contiguous()  # the kernels need it
+            out = torch.ops.aten._weight_int8pack_mm(flat, self.weight_int8,
+                                                     self.weight_scale.to(x.dtype))
+            out = out.reshape(*x.shape[:-1], self.out_features)
+        else:
+            out = nn.functional.linear(x, self.dequantized_weight().to(x.dtype))
+        return out if self.bias is None else out + self.bias.to(out.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights"
+
+
+class WeightOnlyInt4Linear(_CachedKernel):
+    """y = x W^T + b with W stored as 4-bit codes, a scale and a zero per input group."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, group_size: int) -> None:
+        super().__init__()
+        if in_features % group_size or in_features % 2:
+            raise ValueError(f"in_features {in_features} is not a multiple of {group_size}")
+        self.in_features, self.out_features = in_features, out_features
+        self.group_size = group_size
+        groups = in_features // group_size
+        codes = torch.zeros(out_features, in_features // 2, dtype=torch.uint8)
+        self.register_buffer("weight_int4x2", codes)  # low nibble: even column
+        self.register_buffer("weight_scale", torch.ones(out_features, groups))
+        self.register_buffer("weight_zero", torch.zeros(out_features, groups))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, group_size: int) -> WeightOnlyInt4Linear:
+        """Quantize each group to 16 levels spanning its min..max (asymmetric)."""
+        n, k = linear.out_features, linear.in_features
+        module = cls(k, n, linear.bias is not None, group_size)
+        weight = linear.weight.detach().float().cpu().reshape(n, k // group_size, group_size)
+        low, high = weight.amin(-1), weight.amax(-1)
+        scale = ((high - low) / 15.0).clamp(min=1e-8)
+        codes = torch.clamp(torch.round((weight - low[..., None]) / scale[..., None]), 0, 15)
+        codes = codes.to(torch.uint8).reshape(n, k)
+        module.weight_int4x2.copy_(codes[:, 0::2] | (codes[:, 1::2] << 4))
+        module.weight_scale.copy_(scale)
+        module.weight_zero.copy_(low + 8 * scale)  # the kernel's form: (code - 8) * s + zero
+        if linear.bias is not None:
+            module.bias.copy_(linear.bias.detach())
+        return module
+
+    def codes(self) -> torch.Tensor:
+        """The 4-bit codes (0..15) as an `[out, in]` uint8 matrix."""
+        packed = self.weight_int4x2
+        return torch.stack([packed & 0xF, packed >> 4], dim=-1).reshape(self.out_features, -1)
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The float weight this layer computes with."""
+        grouped = self.codes().reshape(self.out_features, -1, self.group_size)
+        scale, zero = self.weight_scale[..., None], self.weight_zero[..., None]
+        weight = (grouped.to(scale.dtype) - 8) * scale + zero
+        return weight.reshape(self.out_features, self.in_features)
+
+    def _kernel_state(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._cache is None or self._cache[1].dtype != dtype:
+            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
+                self.codes().to(torch.int32), 1)
+            scales_and_zeros = torch.stack([self.weight_scale.T, self.weight_zero.T], dim=-1)
+            self._cache = (packed, scales_and_zeros.to(dtype).contiguous())
+        return self._cache
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu":
+            packed, scales_and_zeros = self._kernel_state(x.dtype)
+            flat = x.reshape(-1, self.in_features).contiguous()  # the kernels need it
+            out = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, packed, self.group_size,
+                                                             scales_and_zeros)
+            out = out.reshape(*x.shape[:-1], self.out_features)
+        else:
+            out = nn.functional.linear(x, self.dequantized_weight().to(x.dtype))
+        return out if self.bias is None else out + self.bias.to(out.dtype)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"int4 weights, group_size={self.group_size}")
