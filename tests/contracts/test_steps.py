@@ -18,13 +18,19 @@ from slimforge.models.load import load_model
 SQNR_FLOOR_DB = 12.0  # int4 on random tiny weights is the hardest case
 
 
-def _variants() -> list[dict]:
-    """Every step, and every value of a step config's `method` field when it has one."""
+TINY = {"embedding": "builtin:tiny-bert", "causal-lm": "builtin:tiny-llama"}
+
+
+def _variants() -> list[tuple[dict, str]]:
+    """Every step with every value of its config's `method` field (when it has one), on a
+    tiny model of every task the step covers."""
     variants = []
     for name in step_names():
-        field = get_step(name).config_type.model_fields.get("method")
+        step = get_step(name)
+        field = step.config_type.model_fields.get("method")
         methods = typing.get_args(field.annotation) if field else ()
-        variants += [{"step": name, "method": m} for m in methods] or [{"step": name}]
+        specs = [{"step": name, "method": m} for m in methods] or [{"step": name}]
+        variants += [(spec, TINY[task]) for spec in specs for task in TINY if task in step.tasks]
     return variants
 
 
@@ -36,8 +42,9 @@ def _forward(loaded, texts=("contract checks for every step", "a second sentence
     return loaded.model(**batch).last_hidden_state
 
 
-@pytest.mark.parametrize("spec", ["builtin:tiny-bert", "builtin:tiny-llama"])
-@pytest.mark.parametrize("step", _variants(), ids=lambda v: "-".join(map(str, v.values())))
+@pytest.mark.parametrize(("step", "spec"), _variants(),
+                         ids=lambda v: "-".join(map(str, v.values())) if isinstance(v, dict)
+                         else v.removeprefix("builtin:"))
 def test_step_contract(step, spec, tmp_path):
     base = load_model(spec)
     before = copy.deepcopy(base.model.state_dict())

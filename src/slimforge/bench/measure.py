@@ -68,9 +68,12 @@ def peak_rss_mb() -> float:
 
 
 def size_on_disk_mb(model: torch.nn.Module) -> float:
-    """Bytes of the model's weights written as safetensors (shared tensors once), in MB."""
+    """Bytes of the model's weights written as safetensors (shared tensors once), in MB;
+    for an ONNX Runtime model, the bytes of its graph."""
     from safetensors.torch import save_model
 
+    if hasattr(model, "onnx_bytes"):
+        return len(model.onnx_bytes) / 1e6
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model.safetensors"
         save_model(model, str(path))
@@ -79,7 +82,10 @@ def size_on_disk_mb(model: torch.nn.Module) -> float:
 
 def parameter_stats(model: torch.nn.Module) -> tuple[int, float]:
     """(stored values, sparsity): every unique tensor counted once; sparsity is the share
-    of exact zeros in weight matrices (tensors of 2 or more dimensions)."""
+    of exact zeros in weight matrices (tensors of 2 or more dimensions). ONNX Runtime models
+    report their initializers' size and no sparsity."""
+    if hasattr(model, "stored_values"):
+        return model.stored_values(), 0.0
     seen: set[int] = set()
     total, zeros, matrix_values = 0, 0, 0
     for tensor in model.state_dict().values():

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
-from slimforge.errors import RecipeError
+from slimforge.errors import RecipeError, SlimforgeError
 from slimforge.registry import Registry
 
 if TYPE_CHECKING:
@@ -40,18 +40,25 @@ class CompressionStep:
     config_type: type[StepConfig]
     apply: Callable[[nn.Module, Any], nn.Module]
     restructure: Callable[[nn.Module, Any], nn.Module]
+    tasks: tuple[str, ...]
 
 
 STEPS = Registry[CompressionStep]("compression step")
 
 
+ALL_TASKS = ("embedding", "causal-lm", "classification", "custom")
+
+
 def register_step(
-    name: str, config_type: type[StepConfig], restructure: Callable[[nn.Module, Any], nn.Module]
+    name: str,
+    config_type: type[StepConfig],
+    restructure: Callable[[nn.Module, Any], nn.Module],
+    tasks: tuple[str, ...] = ALL_TASKS,
 ) -> Callable[[Callable[[nn.Module, Any], nn.Module]], Callable[[nn.Module, Any], nn.Module]]:
-    """Decorator for a step's `apply` function: registers it under `name`."""
+    """Decorator for a step's `apply` function: registers it under `name` for `tasks`."""
 
     def decorate(apply: Callable[[nn.Module, Any], nn.Module]):
-        STEPS.register(name)(CompressionStep(name, config_type, apply, restructure))
+        STEPS.register(name)(CompressionStep(name, config_type, apply, restructure, tasks))
         return apply
 
     return decorate
@@ -59,6 +66,7 @@ def register_step(
 
 def _providers() -> None:
     """Import every module that registers steps (explicit, no scanning)."""
+    import slimforge.compress.export  # noqa: F401
     import slimforge.compress.quantize  # noqa: F401
 
 
@@ -102,6 +110,10 @@ def parse_step(spec: dict[str, Any]) -> tuple[CompressionStep, StepConfig]:
 def apply_step(loaded: LoadedModel, spec: dict[str, Any]) -> LoadedModel:
     """Run one step on a LoadedModel; returns a new LoadedModel that records the step."""
     step, config = parse_step(spec)
+    if loaded.task not in step.tasks:
+        raise SlimforgeError(f"Step {step.name!r} does not apply to {loaded.task} models "
+                             f"({loaded.spec}); it covers: {', '.join(step.tasks)}.",
+                             "choose another step for this model, e.g. quantize.")
     model = step.apply(loaded.model, config)
     return loaded.derive(model, {"step": step.name, **config.model_dump(mode="json")})
 

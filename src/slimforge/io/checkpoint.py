@@ -23,6 +23,7 @@ from slimforge.errors import CheckpointError
 MANIFEST = "manifest.json"
 MODEL_DIR = "model"
 WEIGHTS = "model.safetensors"
+ONNX = "model.onnx"
 MODEL_META = "slimforge.json"
 FORMAT = "slimforge-run/1"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
@@ -110,7 +111,12 @@ def save_model_dir(model_dir: Path, loaded: Any) -> None:
     from safetensors.torch import save_model
 
     model_dir.mkdir(parents=True, exist_ok=True)
-    save_model(loaded.model, str(model_dir / WEIGHTS), metadata={"format": "pt"})
+    architecture = loaded.architecture
+    if hasattr(loaded.model, "onnx_bytes"):  # an ONNX Runtime model: the graph is the model
+        (model_dir / ONNX).write_bytes(loaded.model.onnx_bytes)
+        architecture = {"kind": "onnx"}
+    else:
+        save_model(loaded.model, str(model_dir / WEIGHTS), metadata={"format": "pt"})
     config = getattr(loaded.model, "config", None)
     if config is not None and hasattr(config, "save_pretrained"):
         config.save_pretrained(model_dir)
@@ -118,7 +124,7 @@ def save_model_dir(model_dir: Path, loaded: Any) -> None:
         loaded.tokenizer.save_pretrained(model_dir)
     meta = {
         "task": loaded.task, "spec": loaded.spec, "source": loaded.source,
-        "architecture": loaded.architecture, "steps": loaded.steps,
+        "architecture": architecture, "steps": loaded.steps,
         "base_spec": loaded.base_spec, "pooling": loaded.pooling,
     }
     (model_dir / MODEL_META).write_text(json.dumps(meta, indent=2, sort_keys=True))

@@ -193,13 +193,21 @@ def _from_run(folder: Path) -> LoadedModel:
     meta = json.loads((model_dir / checkpoint.MODEL_META).read_text())
     arch = meta["architecture"]
     tokenizer = None
+    if (model_dir / "tokenizer_config.json").is_file():
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if arch["kind"] == "onnx":
+        from slimforge.compress.export import OrtModule
+
+        model = OrtModule((model_dir / checkpoint.ONNX).read_bytes())
+        return LoadedModel(model, tokenizer, meta["task"], str(folder), meta["source"], arch,
+                           meta["steps"], meta["base_spec"], meta["pooling"])
     if arch["kind"] == "hf":
-        from transformers import AutoConfig, AutoTokenizer
+        from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(model_dir)
         model = _hf_classes(arch["auto_class"]).from_config(config)
-        if meta["task"] != "custom" and (model_dir / "tokenizer_config.json").is_file():
-            tokenizer = AutoTokenizer.from_pretrained(model_dir)
     else:
         model = _from_module(f"module:{arch['factory']}", meta["task"], None).model
     model = restructure(model, meta["steps"])
