@@ -13,18 +13,19 @@ from slimforge.pipeline import optimize
 from slimforge.recipe import DEFAULT_RECIPE, load_recipe
 
 RECIPES = sorted(DEFAULT_RECIPE.parent.glob("*.yaml"))
-TINY = {"model": "builtin:tiny-bert",
-        "eval": {"limit": 16, "batch_size": 8, "max_length": 32},
+TINY_MODEL = {"builtin:minilm": "builtin:tiny-bert", "builtin:smollm2": "builtin:tiny-llama"}
+TINY = {"eval": {"limit": 16, "batch_size": 8, "max_length": 32, "max_tokens": 128,
+                 "window": 64, "stride": 32},
         "bench": {"warmup": 1, "repeats": 2, "batch_size": 2, "seq_len": 16,
-                  "latency_seq_len": 8, "threads": 1},
-        "select": {"min_cosine": 0.5}}
+                  "latency_seq_len": 8, "prefill_len": 16, "decode_tokens": 2, "threads": 1},
+        "select": {"min_cosine": 0.5, "max_perplexity_ratio": 10.0}}
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_shipped_recipe_runs_on_a_tiny_model(path: Path, tmp_path):
     recipe = load_recipe(path)
     tiny = recipe.model_copy(update={
-        "model": TINY["model"], "eval": recipe.eval.model_copy(update=TINY["eval"]),
+        "model": TINY_MODEL[recipe.model], "eval": recipe.eval.model_copy(update=TINY["eval"]),
         "bench": recipe.bench.model_copy(update=TINY["bench"]),
         "select": recipe.select.model_copy(update=TINY["select"]),
     })
@@ -32,12 +33,12 @@ def test_shipped_recipe_runs_on_a_tiny_model(path: Path, tmp_path):
     names = {p.name for p in result.run_dir.iterdir()}
     assert names == {"manifest.json", "metrics.json", "report.md", "model"}
     manifest = verify_manifest(result.run_dir)
-    assert manifest["config"]["model"] == "builtin:tiny-bert"
-    assert manifest["files"]["model/model.safetensors"]
+    assert manifest["config"]["model"] == TINY_MODEL[recipe.model]
+    assert {"model/model.safetensors", "model/model.onnx"} & set(manifest["files"])
     summary = json.loads((result.run_dir / "metrics.json").read_text())
     assert [s["name"] for s in summary["stages"]] == ["baseline", *(s.name for s in
                                                                      recipe.stages)]
     report = result.report_path.read_text()
     for stage in summary["stages"]:
         assert f"| {stage['name']}" in report
-    assert load_model(str(result.run_dir)).task == "embedding"
+    assert load_model(str(result.run_dir)).task == load_model(TINY_MODEL[recipe.model]).task

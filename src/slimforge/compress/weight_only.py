@@ -7,8 +7,10 @@ bounds decode speed. On the CPU they run PyTorch's packed kernels
 (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`), which are fast with bfloat16
 activations and slow with float32 ones, so `quantize` runs such models in bfloat16 where the
 CPU has native bf16. Saved state is portable plain tensors (int4 packed two per byte by us);
-the kernel's own packed layout is a cache rebuilt on first use. Elsewhere (CUDA, odd shapes)
-the layers run dequantized: correct, not faster.
+the kernel's own packed layout is a cache rebuilt on first use. The packed kernels serve few
+rows (decode); from `DENSE_FROM_ROWS` rows on (prefill) the work is compute-bound and a dense
+GEMM on the dequantized weight is faster. On CUDA the layers run dequantized: correct, not
+faster.
 """
 
 from __future__ import annotations
@@ -18,13 +20,33 @@ from typing import Any
 import torch
 from torch import nn
 
+DENSE_FROM_ROWS = 16
 
-class _CachedKernel(nn.Module):
-    """Shared plumbing: a kernel-specific cache that is never saved or pickled."""
+
+class _WeightOnlyLinear(nn.Module):
+    """Shared plumbing: path choice, bias, and a kernel cache that is never saved."""
+
+    in_features: int
+    out_features: int
 
     def __init__(self) -> None:
         super().__init__()
         self._cache: Any = None
+
+    def dequantized_weight(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _packed_mm(self, flat: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features)
+        if x.device.type == "cpu" and flat.shape[0] < DENSE_FROM_ROWS:
+            out = self._packed_mm(flat.contiguous())  # the packed kernels need contiguous rows
+        else:
+            out = nn.functional.linear(flat, self.dequantized_weight().to(x.dtype))
+        out = out.reshape(*x.shape[:-1], self.out_features)
+        return out if self.bias is None else out + self.bias.to(out.dtype)
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(*args, **kwargs)
@@ -38,7 +60,7 @@ class _CachedKernel(nn.Module):
         return super()._apply(fn, recurse)
 
 
-class WeightOnlyInt8Linear(_CachedKernel):
+class WeightOnlyInt8Linear(_WeightOnlyLinear):
     """y = x W^T + b with W stored as int8 and one scale per output channel."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool) -> None:
@@ -65,21 +87,15 @@ class WeightOnlyInt8Linear(_CachedKernel):
         """The float weight this layer computes with."""
         return self.weight_int8.to(self.weight_scale.dtype) * self.weight_scale[:, None]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu":
-            flat = x.reshape(-1, self.in_features).contiguous()  # the kernels need it
-            out = torch.ops.aten._weight_int8pack_mm(flat, self.weight_int8,
-                                                     self.weight_scale.to(x.dtype))
-            out = out.reshape(*x.shape[:-1], self.out_features)
-        else:
-            out = nn.functional.linear(x, self.dequantized_weight().to(x.dtype))
-        return out if self.bias is None else out + self.bias.to(out.dtype)
+    def _packed_mm(self, flat: torch.Tensor) -> torch.Tensor:
+        scale = self.weight_scale.to(flat.dtype)
+        return torch.ops.aten._weight_int8pack_mm(flat, self.weight_int8, scale)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights"
 
 
-class WeightOnlyInt4Linear(_CachedKernel):
+class WeightOnlyInt4Linear(_WeightOnlyLinear):
     """y = x W^T + b with W stored as 4-bit codes, a scale and a zero per input group."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool, group_size: int) -> None:
@@ -132,16 +148,10 @@ class WeightOnlyInt4Linear(_CachedKernel):
             self._cache = (packed, scales_and_zeros.to(dtype).contiguous())
         return self._cache
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu":
-            packed, scales_and_zeros = self._kernel_state(x.dtype)
-            flat = x.reshape(-1, self.in_features).contiguous()  # the kernels need it
-            out = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, packed, self.group_size,
-                                                             scales_and_zeros)
-            out = out.reshape(*x.shape[:-1], self.out_features)
-        else:
-            out = nn.functional.linear(x, self.dequantized_weight().to(x.dtype))
-        return out if self.bias is None else out + self.bias.to(out.dtype)
+    def _packed_mm(self, flat: torch.Tensor) -> torch.Tensor:
+        packed, scales_and_zeros = self._kernel_state(flat.dtype)
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(flat, packed, self.group_size,
+                                                          scales_and_zeros)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

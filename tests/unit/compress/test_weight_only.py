@@ -24,10 +24,12 @@ def test_kernel_matches_the_dequantized_weight(build):
     torch.manual_seed(0)
     linear = torch.nn.Linear(128, 48)
     layer = build(linear)
-    x = torch.randn(2, 3, 128)
-    expected = torch.nn.functional.linear(x, layer.dequantized_weight(), linear.bias)
-    assert _rel_err(expected, layer(x)) < 1e-5
-    assert _rel_err(expected, layer.to(torch.bfloat16)(x.bfloat16())) < 1e-2
+    for rows in (1, 3, 40):  # the packed kernel below DENSE_FROM_ROWS, a dense GEMM above
+        x = torch.randn(rows, 2, 128)
+        expected = torch.nn.functional.linear(x, layer.dequantized_weight(), layer.bias)
+        assert _rel_err(expected, layer(x)) < 1e-5
+        assert _rel_err(expected, layer.to(torch.bfloat16)(x.bfloat16())) < 1e-2
+        layer.float()
 
 
 def test_int8_and_int4_error_against_float():

@@ -1,0 +1,202 @@
+"""Quantization side by side, in one run: MiniLM on CPU and SmolLM2 decode.
+
+MiniLM (`builtin:minilm`, 500 held-out paragraphs): torch fp32 (the anchor), slimforge
+dynamic int8 (the default: per-channel, int8 tables, 8-bit activations with VNNI), ONNX
+Runtime fp32 and dynamic int8 per-channel on the fused graph. Fidelity against fp32; every
+variant timed against fp32 in alternating rounds, and slimforge's best against ORT int8 in
+the same way.
+
+SmolLM2 (`builtin:smollm2`, held-out text): fp32, weight-only int8, weight-only int4 (group
+32): perplexity ratio to fp32, decode tokens/s at batch 1 against fp32 in alternating rounds,
+and the memory-bandwidth ceiling (measured copy bandwidth / weight bytes read per token).
+With `--llamacpp`, llama.cpp on the same GGUF (llama-cpp-python, installed by this script
+into the running environment if missing; it is not a project dependency).
+
+Ends stdout with one JSON line. Not collected by pytest.
+
+    .venv/bin/python benchmarks/quantization.py --llamacpp
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def minilm(limit: int, repeats: int) -> dict:
+    from slimforge.bench.bench import BenchConfig, benchmark
+    from slimforge.compress import apply_step
+    from slimforge.evaluation.evaluate import EvalConfig, evaluate
+    from slimforge.models.load import load_model
+
+    base = load_model("builtin:minilm")
+    eval_config, bench_config = EvalConfig(limit=limit), BenchConfig(repeats=repeats, rounds=4)
+    reference = evaluate(base, config=eval_config)
+    variants = {
+        "slimforge dynamic int8": {"step": "quantize"},
+        "ORT fp32 fused": {"step": "onnx", "quantize": "none"},
+        "ORT dynamic int8 per-channel": {"step": "onnx", "per_channel": True},
+    }
+    rows, models = {}, {}
+    for label, step in variants.items():
+        models[label] = apply_step(base, step)
+        quality = evaluate(models[label], reference=reference, config=eval_config).metrics
+        speed = benchmark(models[label], bench_config, anchor=base)
+        rows[label] = {**{k: quality[k] for k in ("cosine_mean", "knn_overlap_at_10")},
+                       "p50_ms": speed.p50_ms, "throughput_per_s": speed.throughput_per_s,
+                       "size_mb": speed.size_mb, "fp32_p50_ms": speed.anchor.p50_ms,
+                       "fp32_throughput_per_s": speed.anchor.throughput_per_s,
+                       "fp32_size_mb": speed.anchor.size_mb, **speed.vs_anchor}
+    head_to_head = benchmark(models["slimforge dynamic int8"], bench_config,
+                             anchor=models["ORT dynamic int8 per-channel"])
+    return {"rows": rows, "vs_ort": head_to_head.vs_anchor}
+
+
+def bandwidth_gb_s() -> float:
+    """Sustained copy bandwidth: bytes read plus bytes written per second, best of 5."""
+    import torch
+
+    src = torch.ones(256 * 1024 * 1024 // 4)  # 256 MiB, far beyond any cache
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - start)
+    return 2 * src.numel() * 4 / best / 1e9
+
+
+def bytes_per_token(model) -> int:
+    """Weight bytes a decode step reads: every matrix once; embedding tables one row only."""
+    import torch
+
+    total, seen = 0, set()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Embedding) or type(module).__name__ == "Int8Embedding":
+            continue
+        for tensor in (*module.parameters(recurse=False), *module.buffers(recurse=False)):
+            if tensor.data_ptr() not in seen:
+                seen.add(tensor.data_ptr())
+                total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def llamacpp_decode(gguf: str, tokens: int) -> float:
+    """llama.cpp decode tokens/s at batch 1, 2 threads: (t(1 + n) - t(1)) / n."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "llama-cpp-python"],
+                       check=True)
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=gguf, n_threads=2, n_ctx=512, verbose=False)
+    prompt = "The Python standard library provides"
+
+    def timed(n: int) -> float:
+        llm.reset()
+        start = time.perf_counter()
+        llm.create_completion(prompt, max_tokens=n, temperature=0.0)
+        return time.perf_counter() - start
+
+    timed(4)
+    samples = [(timed(tokens + 1) - timed(1)) for _ in range(3)]
+    return tokens / sorted(samples)[1]
+
+
+def smollm2(max_tokens: int, with_llamacpp: bool) -> dict:
+    from slimforge.bench.bench import BenchConfig, benchmark
+    from slimforge.compress import apply_step
+    from slimforge.evaluation.evaluate import EvalConfig, evaluate
+    from slimforge.models.load import load_model, smollm2_gguf
+
+    base = load_model("builtin:smollm2")
+    eval_config = EvalConfig(max_tokens=max_tokens, window=1024, stride=1024)
+    bench_config = BenchConfig(repeats=64, decode_tokens=32, batch_size=4, prefill_len=256,
+                               warmup=1, rounds=2)
+    fp32_ppl = evaluate(base, config=eval_config).metrics["perplexity"]
+    gb_s = bandwidth_gb_s()
+    rows = {"fp32": {"perplexity": fp32_ppl, "bytes_per_token": bytes_per_token(base.model)}}
+    for label, step in {"weight-only int8": {"method": "weight-only-int8"},
+                        "weight-only int4 g32": {"method": "weight-only-int4",
+                                                 "group_size": 32}}.items():
+        model = apply_step(base, {"step": "quantize", **step})
+        ppl = evaluate(model, config=eval_config).metrics["perplexity"]
+        speed = benchmark(model, bench_config, anchor=base)
+        rows[label] = {"perplexity": ppl, "ppl_ratio": ppl / fp32_ppl,
+                       "decode_tokens_per_s": speed.decode_tokens_per_s,
+                       "prefill_tokens_per_s": speed.prefill_tokens_per_s,
+                       "size_mb": speed.size_mb, "bytes_per_token": bytes_per_token(model.model)}
+        rows["fp32"].setdefault("decode_tokens_per_s", speed.anchor.decode_tokens_per_s)
+        rows["fp32"].setdefault("prefill_tokens_per_s", speed.anchor.prefill_tokens_per_s)
+        del model
+    gguf = smollm2_gguf()
+    if with_llamacpp:
+        rows["llama.cpp Q4_1"] = {"decode_tokens_per_s": llamacpp_decode(str(gguf), 64),
+                                  "bytes_per_token": gguf.stat().st_size}
+    for row in rows.values():
+        row["ceiling_tokens_per_s"] = gb_s * 1e9 / row["bytes_per_token"]
+    return {"rows": rows, "bandwidth_gb_s": gb_s}
+
+
+def _print_tables(mini: dict, llm: dict) -> None:
+    print("| MiniLM variant | cosine | top-10 | p50 ms (fp32) | items/s (fp32) | size MB "
+          "| throughput vs fp32 |")
+    print("|---|---|---|---|---|---|---|")
+    for label, r in mini["rows"].items():
+        print(f"| {label} | {r['cosine_mean']:.4f} | {r['knn_overlap_at_10']:.3f} | "
+              f"{r['p50_ms']:.2f} ({r['fp32_p50_ms']:.2f}) | {r['throughput_per_s']:.1f} "
+              f"({r['fp32_throughput_per_s']:.1f}) | {r['size_mb']:.1f} | "
+              f"{r['throughput_ratio']:.2f}× |")
+    vs_ort = mini["vs_ort"]
+    print(f"slimforge int8 vs ORT int8, same run: throughput {vs_ort['throughput_ratio']:.2f}×, "
+          f"batch-1 latency {vs_ort['latency_speedup']:.2f}×")
+    print(f"\n| SmolLM2 variant | perplexity | ratio | decode tok/s | ceiling tok/s "
+          f"(at {llm['bandwidth_gb_s']:.1f} GB/s) |")
+    print("|---|---|---|---|---|")
+    for label, r in llm["rows"].items():
+        print(f"| {label} | {r.get('perplexity', float('nan')):.2f} | "
+              f"{r.get('ppl_ratio', 1.0 if label == 'fp32' else float('nan')):.3f} | "
+              f"{r['decode_tokens_per_s']:.1f} | {r['ceiling_tokens_per_s']:.0f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--limit", type=int, default=500, help="MiniLM fidelity paragraphs")
+    parser.add_argument("--repeats", type=int, default=40, help="latency repeats")
+    parser.add_argument("--max-tokens", type=int, default=8192, help="SmolLM2 perplexity tokens")
+    parser.add_argument("--llamacpp", action="store_true", help="measure the llama.cpp anchor")
+    args = parser.parse_args()
+
+    mini = minilm(args.limit, args.repeats)
+    llm = smollm2(args.max_tokens, args.llamacpp)
+    _print_tables(mini, llm)
+    best = mini["rows"]["slimforge dynamic int8"]
+    decode = {k: r["decode_tokens_per_s"] for k, r in llm["rows"].items()}
+    ours = max(v for k, v in decode.items() if not k.startswith("llama.cpp"))
+    print(json.dumps({
+        "minilm_best_int8_cosine": best["cosine_mean"],
+        "minilm_best_int8_knn_overlap_at_10": best["knn_overlap_at_10"],
+        "minilm_best_int8_size_ratio": best["size_mb"] / best["fp32_size_mb"],
+        "minilm_best_int8_speedup": best["throughput_ratio"],
+        "minilm_best_vs_ort_int8": mini["vs_ort"]["throughput_ratio"],
+        "minilm_best_vs_ort_int8_latency": mini["vs_ort"]["latency_speedup"],
+        "smollm2_int8_ppl_ratio": llm["rows"]["weight-only int8"]["ppl_ratio"],
+        "smollm2_int4_ppl_ratio": llm["rows"]["weight-only int4 g32"]["ppl_ratio"],
+        "smollm2_decode_tokens_per_s": decode,
+        "smollm2_best_decode_vs_llamacpp": (ours / decode["llama.cpp Q4_1"]
+                                            if "llama.cpp Q4_1" in decode else None),
+        "bandwidth_ceiling_tokens_per_s": {k: r["ceiling_tokens_per_s"]
+                                           for k, r in llm["rows"].items()},
+        "bandwidth_gb_s": llm["bandwidth_gb_s"],
+        "minilm": mini, "smollm2": llm,
+    }))
+
+
+if __name__ == "__main__":
+    main()
