@@ -88,25 +88,48 @@ def bytes_per_token(model) -> int:
     return total
 
 
-def llamacpp_decode(gguf: str, tokens: int) -> float:
-    """llama.cpp decode tokens/s at batch 1, 2 threads: (t(1 + n) - t(1)) / n."""
+# ggml's AMX path repacks Q4_1 weights and then crashes in decode on this machine kind (seen
+# 2026-11-22 with llama-cpp-python 0.3.36), so on AMX CPUs the anchor is built without it,
+# with every other x86 extension on.
+NO_AMX = ("-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON "
+          "-DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON "
+          "-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF")
+
+_LLAMACPP_PROBE = """
+import sys, time
+from llama_cpp import Llama
+llm = Llama(model_path=sys.argv[1], n_threads=2, n_ctx=512, verbose=False)
+def timed(n):
+    llm.reset()
+    start = time.perf_counter()
+    llm.create_completion("The Python standard library provides", max_tokens=n,
+                          temperature=0.0)
+    return time.perf_counter() - start
+timed(4)
+n = int(sys.argv[2])
+samples = sorted(timed(n + 1) - timed(1) for _ in range(3))
+print(n / samples[1])
+"""
+
+
+def llamacpp_decode(gguf: str, tokens: int) -> float | None:
+    """llama.cpp decode tokens/s at batch 1, 2 threads: n / (t(1 + n) - t(1)), median of 3.
+    Runs in a subprocess so a crash of the anchor is reported, not fatal."""
     if importlib.util.find_spec("llama_cpp") is None:
+        from slimforge.compress.quantize import cpu_flags
+
+        env = dict(os.environ)
+        if "amx_tile" in cpu_flags():
+            env["CMAKE_ARGS"] = NO_AMX
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "llama-cpp-python"],
-                       check=True)
-    from llama_cpp import Llama
-
-    llm = Llama(model_path=gguf, n_threads=2, n_ctx=512, verbose=False)
-    prompt = "The Python standard library provides"
-
-    def timed(n: int) -> float:
-        llm.reset()
-        start = time.perf_counter()
-        llm.create_completion(prompt, max_tokens=n, temperature=0.0)
-        return time.perf_counter() - start
-
-    timed(4)
-    samples = [(timed(tokens + 1) - timed(1)) for _ in range(3)]
-    return tokens / sorted(samples)[1]
+                       check=True, env=env)
+    done = subprocess.run([sys.executable, "-c", _LLAMACPP_PROBE, gguf, str(tokens)],
+                          capture_output=True, text=True, timeout=600, check=False)
+    if done.returncode != 0:
+        print(f"llama.cpp anchor failed (exit {done.returncode}): {done.stderr[-300:]}",
+              file=sys.stderr)
+        return None
+    return float(done.stdout.strip().splitlines()[-1])
 
 
 def smollm2(max_tokens: int, with_llamacpp: bool) -> dict:
@@ -136,8 +159,9 @@ def smollm2(max_tokens: int, with_llamacpp: bool) -> dict:
         rows["fp32"].setdefault("prefill_tokens_per_s", speed.anchor.prefill_tokens_per_s)
         del model
     gguf = smollm2_gguf()
-    if with_llamacpp:
-        rows["llama.cpp Q4_1"] = {"decode_tokens_per_s": llamacpp_decode(str(gguf), 64),
+    anchor = llamacpp_decode(str(gguf), 64) if with_llamacpp else None
+    if anchor is not None:
+        rows["llama.cpp Q4_1"] = {"decode_tokens_per_s": anchor,
                                   "bytes_per_token": gguf.stat().st_size}
     for row in rows.values():
         row["ceiling_tokens_per_s"] = gb_s * 1e9 / row["bytes_per_token"]

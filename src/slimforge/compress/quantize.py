@@ -60,7 +60,8 @@ class QuantConfig(StepConfig):
     the CPU has native bf16 (their kernels need it to be fast), else float32."""
 
 
-def _cpu_flags() -> list[str]:
+def cpu_flags() -> list[str]:
+    """This CPU's feature flags as /proc/cpuinfo lists them (empty where it cannot be read)."""
     try:
         return Path("/proc/cpuinfo").read_text().split()
     except OSError:
@@ -70,14 +71,14 @@ def _cpu_flags() -> list[str]:
 @functools.cache
 def cpu_has_vnni() -> bool:
     """Whether this x86 CPU has VNNI (int8 dot products accumulated in int32)."""
-    flags = _cpu_flags()
+    flags = cpu_flags()
     return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
 @functools.cache
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX)."""
-    flags = _cpu_flags()
+    flags = cpu_flags()
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from slimforge.errors import CheckpointError, ModelLoadError
+from slimforge.errors import CheckpointError, ModelLoadError, SlimforgeError
 from slimforge.io import checkpoint
 from slimforge.models import tiny
 from slimforge.models.tasks import AUTO_CLASS, TASKS, LoadedModel, Task, task_for_architectures
@@ -189,37 +189,56 @@ def _load_weights(model: torch.nn.Module, weights: str) -> None:
                               "use the weights saved from this same architecture.") from None
 
 
-def _from_run(folder: Path) -> LoadedModel:
+def _rebuild(model_dir: Path, meta: dict[str, Any]) -> torch.nn.Module:
+    """The model of a run folder: its ONNX graph, or its architecture rebuilt, the recorded
+    steps replayed, and the safetensors loaded strictly."""
+    from safetensors.torch import load_model as load_safetensors
+
     from slimforge.compress import restructure
 
-    checkpoint.verify_manifest(folder)
+    arch = meta["architecture"]
+    if arch["kind"] == "onnx":
+        from slimforge.compress.export import OrtModule
+
+        return OrtModule((model_dir / checkpoint.ONNX).read_bytes())
+    if arch["kind"] == "hf":
+        from transformers import AutoConfig
+
+        model = _hf_classes(arch["auto_class"]).from_config(AutoConfig.from_pretrained(model_dir))
+    else:
+        model = _from_module(f"module:{arch['factory']}", meta["task"], None).model
+    model = restructure(model, meta["steps"])
+    load_safetensors(model, str(model_dir / checkpoint.WEIGHTS), strict=True)
+    return model.eval()
+
+
+def _rebuild_error(folder: Path, manifest: dict[str, Any], exc: Exception) -> CheckpointError:
+    saved, now = manifest.get("versions", {}), checkpoint.package_versions()
+    changed = [f"{name} {saved[name]} (now {now.get(name)})" for name in sorted(saved)
+               if saved[name] != now.get(name)]
+    first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
+    return CheckpointError(
+        f"Could not rebuild the model in {folder}: {first_line}"
+        + (f" It was written with {', '.join(changed)}." if changed else ""),
+        "install the versions listed in its manifest.json, or re-run the command that made it.",
+    )
+
+
+def _from_run(folder: Path) -> LoadedModel:
+    manifest = checkpoint.verify_manifest(folder)
     model_dir = folder / checkpoint.MODEL_DIR
     meta = json.loads((model_dir / checkpoint.MODEL_META).read_text())
-    arch = meta["architecture"]
     tokenizer = None
     if (model_dir / "tokenizer_config.json").is_file():
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if arch["kind"] == "onnx":
-        from slimforge.compress.export import OrtModule
-
-        model = OrtModule((model_dir / checkpoint.ONNX).read_bytes())
-        return LoadedModel(model, tokenizer, meta["task"], str(folder), meta["source"], arch,
-                           meta["steps"], meta["base_spec"], meta["pooling"])
-    if arch["kind"] == "hf":
-        from transformers import AutoConfig
-
-        config = AutoConfig.from_pretrained(model_dir)
-        model = _hf_classes(arch["auto_class"]).from_config(config)
-    else:
-        model = _from_module(f"module:{arch['factory']}", meta["task"], None).model
-    model = restructure(model, meta["steps"])
-    from safetensors.torch import load_model as load_safetensors
-
-    load_safetensors(model, str(model_dir / checkpoint.WEIGHTS), strict=True)
-    return LoadedModel(model.eval(), tokenizer, meta["task"], str(folder), meta["source"], arch,
-                       meta["steps"], meta["base_spec"], meta["pooling"])
+    try:
+        model = _rebuild(model_dir, meta)
+    except (*LOAD_ERRORS, ImportError, SlimforgeError) as exc:
+        raise _rebuild_error(folder, manifest, exc) from None
+    return LoadedModel(model, tokenizer, meta["task"], str(folder), meta["source"],
+                       meta["architecture"], meta["steps"], meta["base_spec"], meta["pooling"])
 
 
 def _from_path(path: Path, task: Task | None, weights: str | None) -> LoadedModel:

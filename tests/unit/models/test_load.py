@@ -94,3 +94,23 @@ def test_unknown_task_is_refused():
 ])
 def test_task_from_architectures(architectures, task):
     assert task_for_architectures(architectures) == task
+
+
+def test_a_run_that_cannot_be_rebuilt_names_the_versions_that_wrote_it(tmp_path, tiny_bert):
+    import json
+
+    from slimforge.compress import apply_step
+    from slimforge.io.checkpoint import write_manifest
+    from slimforge.io.run import write_run
+
+    run = write_run(tmp_path, "test", "builtin:tiny-bert", {}, {}, "#\n",
+                    apply_step(tiny_bert, {"step": "quantize"}))
+    meta_path = run / "model" / "slimforge.json"
+    meta = json.loads(meta_path.read_text())
+    meta["steps"][0]["granularity"] = "per-tensor"  # as if an older release stored it so
+    meta_path.write_text(json.dumps(meta))
+    manifest = write_manifest(run, "test", "builtin:tiny-bert", {})
+    manifest["versions"]["torch"] = "1.13.0"
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match=r"Could not rebuild.*torch 1\.13\.0 \(now "):
+        load_model(str(run))
