@@ -15,6 +15,7 @@ from typing import Any
 
 from slimforge.bench.bench import BenchResult, benchmark
 from slimforge.compress import apply_step
+from slimforge.data.sources import load_texts
 from slimforge.errors import SlimforgeError
 from slimforge.evaluation.evaluate import EvalResult, evaluate
 from slimforge.io.run import write_run
@@ -91,15 +92,21 @@ def _pick(stages: list[StageResult], select: Selection) -> tuple[StageResult, st
     return best, reason
 
 
+def _calibration(recipe: Recipe) -> list[str]:
+    source = recipe.calibration_data or recipe.data
+    return load_texts(source, "train", limit=32, text_field=recipe.eval.text_field)
+
+
 def _run_stage(stage: Stage, base: LoadedModel, base_eval: EvalResult, recipe: Recipe
                ) -> StageResult:
     loaded = base
     for step in stage.steps:
-        loaded = apply_step(loaded, step)
+        loaded = apply_step(loaded, step, calibration=_calibration(recipe))
     result = evaluate(loaded, recipe.data, reference=base_eval, config=recipe.eval)
     bench = benchmark(loaded, recipe.bench, anchor=base)
     passed, verdict = _judge(result, base_eval, recipe.select)
-    return StageResult(stage.name, loaded, result, bench, passed, verdict, result.notes)
+    return StageResult(stage.name, loaded, result, bench, passed, verdict,
+                       [*loaded.notes, *result.notes])
 
 
 def optimize(recipe: Recipe | str | Path | None = None, output_dir: str | None = None

@@ -68,7 +68,10 @@ class Recipe(_Frozen):
     task: Task | None = None
     """Task override; guessed from the model when empty."""
     data: str = STDLIB_DOCS
-    """Evaluation data: `builtin:stdlib-docs` or a local file."""
+    """Evaluation data: `builtin:stdlib-docs` (held-out split) or a local file."""
+    calibration_data: str | None = None
+    """Text for data-dependent steps (e.g. `keep_float`); default: the train split of
+    `data`. For a local `data` file give a separate file, or evaluation is not held out."""
     stages: list[Stage] = Field(default_factory=list)
     """Candidates compared against the baseline."""
     eval: EvalConfig = Field(default_factory=EvalConfig)

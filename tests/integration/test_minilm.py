@@ -50,3 +50,15 @@ def test_int8_artifact_gives_the_same_embeddings_in_a_new_process(minilm, tmp_pa
     out = tmp_path / "e.pt"
     subprocess.run([sys.executable, "-c", code, str(out)], check=True, timeout=300)
     assert torch.equal(torch.load(out, weights_only=True), embed(q, [text]))
+
+
+def test_sensitivity_on_calibration_text_keeps_the_worst_layer_in_float(minilm):
+    """Ranked on the train split only; held-out fidelity must not get worse for it."""
+    mixed = apply_step(minilm, {"step": "quantize", "keep_float": 1})
+    (kept,) = mixed.steps[-1]["skip"]
+    assert type(mixed.model.get_submodule(kept)) is torch.nn.Linear
+    assert "calibration" in mixed.notes[0]
+    plain = apply_step(minilm, {"step": "quantize"})
+    config = EvalConfig(limit=120)
+    with_float = evaluate(mixed, config=config).metrics["cosine_mean"]
+    assert with_float >= evaluate(plain, config=config).metrics["cosine_mean"]

@@ -5,13 +5,16 @@ config type, `apply` and `restructure`), the `STEPS` registry and `apply_step`. 
 `apply(model, config)` returns a new model and never mutates its input, so the pipeline can
 compare stages side by side. `restructure(model, config)` turns a freshly built float model
 into the compressed structure with placeholder values, so an artifact can be rebuilt and then
-filled from its safetensors. Providers register themselves in their own module; this module
-imports them explicitly in `_providers()` (no package scanning).
+filled from its safetensors. An optional `prepare(loaded, config, calibration)` resolves
+data-dependent choices (which layers to keep in float, say) into a plain config before
+`apply`; that resolved config is what gets recorded, so a replay needs no data. Providers
+register themselves in their own module; this module imports them explicitly in
+`_providers()` (no package scanning).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -41,8 +44,10 @@ class CompressionStep:
     apply: Callable[[nn.Module, Any], nn.Module]
     restructure: Callable[[nn.Module, Any], nn.Module]
     tasks: tuple[str, ...]
+    prepare: Prepare | None = None
 
 
+Prepare = Callable[[Any, Any, Sequence[str]], tuple[Any, list[str]]]
 STEPS = Registry[CompressionStep]("compression step")
 
 
@@ -54,11 +59,13 @@ def register_step(
     config_type: type[StepConfig],
     restructure: Callable[[nn.Module, Any], nn.Module],
     tasks: tuple[str, ...] = ALL_TASKS,
+    prepare: Prepare | None = None,
 ) -> Callable[[Callable[[nn.Module, Any], nn.Module]], Callable[[nn.Module, Any], nn.Module]]:
     """Decorator for a step's `apply` function: registers it under `name` for `tasks`."""
 
     def decorate(apply: Callable[[nn.Module, Any], nn.Module]):
-        STEPS.register(name)(CompressionStep(name, config_type, apply, restructure, tasks))
+        entry = CompressionStep(name, config_type, apply, restructure, tasks, prepare)
+        STEPS.register(name)(entry)
         return apply
 
     return decorate
@@ -107,15 +114,34 @@ def parse_step(spec: dict[str, Any]) -> tuple[CompressionStep, StepConfig]:
                           f"see the fields of {step.config_type.__name__}.") from None
 
 
-def apply_step(loaded: LoadedModel, spec: dict[str, Any]) -> LoadedModel:
-    """Run one step on a LoadedModel; returns a new LoadedModel that records the step."""
+def default_calibration() -> list[str]:
+    """32 paragraphs of the stdlib corpus's train split: never the held-out evaluation text."""
+    from slimforge.data.sources import STDLIB_DOCS, load_texts
+
+    return load_texts(STDLIB_DOCS, "train", limit=32)
+
+
+def apply_step(loaded: LoadedModel, spec: dict[str, Any],
+               calibration: Sequence[str] | None = None) -> LoadedModel:
+    """Run one step on a LoadedModel; returns a new LoadedModel that records the step.
+
+    Args:
+        loaded: the model to compress (left untouched).
+        spec: `{"step": NAME, ...config}`.
+        calibration: text for data-dependent choices; default `default_calibration()`.
+    """
     step, config = parse_step(spec)
     if loaded.task not in step.tasks:
         raise SlimforgeError(f"Step {step.name!r} does not apply to {loaded.task} models "
                              f"({loaded.spec}); it covers: {', '.join(step.tasks)}.",
                              "choose another step for this model, e.g. quantize.")
+    notes: list[str] = []
+    if step.prepare is not None:
+        config, notes = step.prepare(loaded, config, calibration or default_calibration())
     model = step.apply(loaded.model, config)
-    return loaded.derive(model, {"step": step.name, **config.model_dump(mode="json")})
+    derived = loaded.derive(model, {"step": step.name, **config.model_dump(mode="json")})
+    derived.notes = [*loaded.notes, *notes]
+    return derived
 
 
 def restructure(model: nn.Module, steps: list[dict[str, Any]]) -> nn.Module:

@@ -49,6 +49,11 @@ class QuantConfig(StepConfig):
     """Weight scales: one per output channel (keeps MiniLM fidelity) or one per matrix."""
     skip: list[str] = Field(default_factory=list)
     """Module names (glob patterns, e.g. `lm_head` or `*.attention.*`) to keep in float."""
+    only: list[str] = Field(default_factory=list)
+    """Module names (glob patterns) to quantize; empty: every eligible module."""
+    keep_float: int = Field(0, ge=0)
+    """Mixed precision: keep the N layers whose quantization alone hurts the output most
+    (ranked on calibration text) in float. Resolved into `skip` when the step runs."""
     embeddings: bool = True
     """Also store `nn.Embedding` tables as int8, one scale per row (weight-only)."""
     activation_range: Literal["auto", "full", "reduced"] = "auto"
@@ -205,14 +210,23 @@ class Int8Embedding(nn.Module):
         return f"{self.num_embeddings}, {self.embedding_dim}, int8 per-row"
 
 
+def _matches(name: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+
 def _targets(model: nn.Module, config: QuantConfig) -> list[tuple[str, nn.Module]]:
     kinds = (nn.Linear, nn.Embedding) if config.embeddings else (nn.Linear,)
     return [
         (name, module)
         for name, module in model.named_modules()
-        if type(module) in kinds
-        and not any(fnmatch.fnmatchcase(name, pattern) for pattern in config.skip)
+        if type(module) in kinds and not _matches(name, config.skip)
+        and (not config.only or _matches(name, config.only))
     ]
+
+
+def quantized_layers(model: nn.Module, config: QuantConfig) -> list[str]:
+    """Names of the modules `quantize(model, config)` would replace."""
+    return [name for name, _ in _targets(model, config)]
 
 
 def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -270,7 +284,13 @@ def _restructure(model: nn.Module, config: QuantConfig) -> nn.Module:
     return _replace_modules(model, config, with_values=False)
 
 
-@register_step("quantize", QuantConfig, restructure=_restructure)
+def _prepare(loaded: Any, config: QuantConfig, calibration: Any) -> tuple[QuantConfig, list[str]]:
+    from slimforge.compress.sensitivity import keep_sensitive_in_float
+
+    return keep_sensitive_in_float(loaded, config, calibration)
+
+
+@register_step("quantize", QuantConfig, restructure=_restructure, prepare=_prepare)
 def quantize(model: nn.Module, config: QuantConfig) -> nn.Module:
     """Return a quantized copy of `model`; the input is left untouched.
 

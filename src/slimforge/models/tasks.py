@@ -43,6 +43,7 @@ class LoadedModel:
         steps: compression steps applied since the base model, as `{"step": name, ...config}`.
         base_spec: the spec of the uncompressed model, the default fidelity reference.
         pooling: how token states become one embedding (embedding task only).
+        notes: what compression decided on the way (e.g. layers kept in float), for reports.
     """
 
     model: torch.nn.Module
@@ -54,6 +55,7 @@ class LoadedModel:
     steps: list[dict[str, Any]] = field(default_factory=list)
     base_spec: str | None = None
     pooling: Pooling = "mean"
+    notes: list[str] = field(default_factory=list)
 
     def derive(self, model: torch.nn.Module, step: dict[str, Any]) -> LoadedModel:
         """A new LoadedModel for `model`, produced from this one by compression `step`."""
