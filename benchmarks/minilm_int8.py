@@ -33,7 +33,7 @@ def main() -> None:
 
     base = load_model("builtin:minilm")
     eval_config = EvalConfig(limit=args.limit)
-    bench_config = BenchConfig(repeats=args.repeats, rounds=args.rounds)
+    bench_config = BenchConfig(repeats=args.repeats, rounds=args.rounds, throughput_repeats=24)
     reference = evaluate(base, config=eval_config)
     rows = []
     variants = {

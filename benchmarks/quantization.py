@@ -37,7 +37,8 @@ def minilm(limit: int, repeats: int) -> dict:
     from slimforge.models.load import load_model
 
     base = load_model("builtin:minilm")
-    eval_config, bench_config = EvalConfig(limit=limit), BenchConfig(repeats=repeats, rounds=4)
+    eval_config = EvalConfig(limit=limit)
+    bench_config = BenchConfig(repeats=repeats, rounds=4, throughput_repeats=24)
     reference = evaluate(base, config=eval_config)
     variants = {
         "slimforge dynamic int8": {"step": "quantize"},

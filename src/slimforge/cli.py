@@ -167,6 +167,7 @@ def bench(
     decode_tokens: int = typer.Option(None, help="causal LM: decode steps per prompt"),
     threads: int = typer.Option(None, help="intra-op threads"),
     rounds: int = typer.Option(None, help="with --anchor: alternating rounds"),
+    throughput_repeats: int = typer.Option(None, help="timed calls of the throughput batch"),
     output_dir: str = typer.Option("runs", help="where the run folder goes"),
 ) -> None:
     """Measure latency p50/p95/p99, throughput, peak memory, size and parameters."""
@@ -179,7 +180,7 @@ def bench(
     config = BenchConfig(**_options(
         warmup=warmup, repeats=repeats, batch_size=batch_size, seq_len=seq_len,
         latency_seq_len=latency_seq_len, prefill_len=prefill_len, decode_tokens=decode_tokens,
-        threads=threads, rounds=rounds))
+        threads=threads, rounds=rounds, throughput_repeats=throughput_repeats))
     result = run_benchmark(load_model(spec, task=task), config, anchor).to_json()
     report = bench_report(result)
     Console().print(report, markup=False, highlight=False)

@@ -53,6 +53,8 @@ class BenchConfig(BaseModel):
     """Intra-op threads; None uses every core this process may use."""
     rounds: int = Field(2, ge=1)
     """With an anchor: alternating rounds, each with a share of the repeats."""
+    throughput_repeats: int = Field(8, ge=1)
+    """Timed calls of the throughput batch (and of the prefill), shared over the rounds."""
 
 
 @dataclass
@@ -161,12 +163,12 @@ def _steps_of(call: Call, warmup: int, repeats: int) -> list[float]:
 
 
 @torch.inference_mode()
-def _measure_round(plan: _Plan, config: BenchConfig, repeats: int, sync: bool) -> None:
+def _measure_round(plan: _Plan, config: BenchConfig, repeats: int, heavy: int,
+                   sync: bool) -> None:
     measure.reset_peak_rss()
     if sync:
         torch.cuda.reset_peak_memory_stats()
     causal = plan.loaded.task == "causal-lm"
-    heavy = max(1, repeats // 4)  # batched work is slow; fewer repeats keep runs short
     if causal:
         prompts = -(-repeats // config.decode_tokens)  # enough prompts for `repeats` steps
         lat = _steps_of(plan.latency, min(config.warmup, 1), prompts)
@@ -245,9 +247,10 @@ def benchmark(
     sync = device == "cuda"
     rounds = config.rounds if anchor is not None else 1
     per_round = max(1, config.repeats // rounds)
+    heavy = max(1, config.throughput_repeats // rounds)
     schedule = [plan for _ in range(rounds) for plan in plans]  # alternate model and anchor
     for plan in track(schedule, "benchmarking"):
-        _measure_round(plan, config, per_round, sync)
+        _measure_round(plan, config, per_round, heavy, sync)
     results = [_result(p, config, runtime.threads, device) for p in plans]
     if anchor is not None:
         results[0].anchor = results[1]
