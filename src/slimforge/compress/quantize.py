@@ -35,6 +35,7 @@ from pydantic import Field
 from torch import nn
 
 from slimforge.compress import StepConfig, register_step
+from slimforge.compress.codes import KernelCache, int8_symmetric
 from slimforge.compress.weight_only import WeightOnlyInt4Linear, WeightOnlyInt8Linear
 from slimforge.errors import SlimforgeError
 
@@ -100,7 +101,7 @@ def _full_range(config: QuantConfig) -> bool:
         config.activation_range == "auto" and cpu_has_vnni())
 
 
-class DynamicInt8Linear(nn.Module):
+class DynamicInt8Linear(KernelCache):
     """A Linear with int8 weights and dynamically quantized int8 activations."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool, channels: int) -> None:
@@ -111,19 +112,15 @@ class DynamicInt8Linear(nn.Module):
         self.register_buffer("weight_scale", torch.ones(channels))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
         self.register_buffer("full_range", torch.tensor(False))
-        self._packed: Any = None
 
     @classmethod
     def from_float(
         cls, linear: nn.Linear, per_channel: bool, full_range: bool = False
     ) -> DynamicInt8Linear:
         """Quantize a float Linear's weight symmetrically to int8 ([-127, 127])."""
-        weight = linear.weight.detach().float().cpu()
-        amax = weight.abs().amax(dim=1) if per_channel else weight.abs().amax().reshape(1)
-        scale = (amax / 127.0).clamp(min=1e-12)
-        q = torch.clamp(torch.round(weight / scale[:, None]), -127, 127).to(torch.int8)
+        codes, scale = int8_symmetric(linear.weight, per_row=per_channel)
         module = cls(linear.in_features, linear.out_features, linear.bias is not None, len(scale))
-        module.weight_int8.copy_(q)
+        module.weight_int8.copy_(codes)
         module.weight_scale.copy_(scale)
         module.full_range.fill_(full_range)
         if linear.bias is not None:
@@ -153,20 +150,11 @@ class DynamicInt8Linear(nn.Module):
             weight = self.dequantized_weight().to(x.dtype)
             bias = None if self.bias is None else self.bias.to(x.dtype)
             return nn.functional.linear(x, weight, bias)
-        if self._packed is None:
-            self._packed = self._pack()
+        if self._cache is None:
+            self._cache = self._pack()
         reduce_range = not (bool(self.full_range) and cpu_has_vnni())  # see module docstring
-        out = torch.ops.quantized.linear_dynamic(x.float(), self._packed, reduce_range)
+        out = torch.ops.quantized.linear_dynamic(x.float(), self._cache, reduce_range)
         return out.to(x.dtype)
-
-    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
-        super()._load_from_state_dict(*args, **kwargs)
-        self._packed = None  # new values: pack again on the next forward
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_packed"] = None  # the packed form is a cache, not state
-        return state
 
     def extra_repr(self) -> str:
         kind = "per-channel" if len(self.weight_scale) > 1 else "per-tensor"
@@ -189,10 +177,9 @@ class Int8Embedding(nn.Module):
     @classmethod
     def from_float(cls, embedding: nn.Embedding) -> Int8Embedding:
         """Quantize each row symmetrically to int8 ([-127, 127])."""
-        weight = embedding.weight.detach().float().cpu()
-        scale = (weight.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
+        codes, scale = int8_symmetric(embedding.weight)
         module = cls(embedding.num_embeddings, embedding.embedding_dim, embedding.padding_idx)
-        module.weight_int8.copy_(torch.clamp(torch.round(weight / scale[:, None]), -127, 127))
+        module.weight_int8.copy_(codes)
         module.weight_scale.copy_(scale)
         return module
 

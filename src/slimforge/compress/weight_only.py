@@ -15,23 +15,19 @@ faster.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
+
+from slimforge.compress.codes import KernelCache, int8_symmetric
 
 DENSE_FROM_ROWS = 16
 
 
-class _WeightOnlyLinear(nn.Module):
-    """Shared plumbing: path choice, bias, and a kernel cache that is never saved."""
+class _WeightOnlyLinear(KernelCache):
+    """Shared plumbing: the path choice (packed kernel or dense GEMM) and the bias."""
 
     in_features: int
     out_features: int
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._cache: Any = None
 
     def dequantized_weight(self) -> torch.Tensor:
         raise NotImplementedError
@@ -48,17 +44,6 @@ class _WeightOnlyLinear(nn.Module):
         out = out.reshape(*x.shape[:-1], self.out_features)
         return out if self.bias is None else out + self.bias.to(out.dtype)
 
-    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
-        super()._load_from_state_dict(*args, **kwargs)
-        self._cache = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_cache": None}
-
-    def _apply(self, fn: Any, recurse: bool = True) -> nn.Module:
-        self._cache = None  # dtype or device changes invalidate the packed form
-        return super()._apply(fn, recurse)
-
 
 class WeightOnlyInt8Linear(_WeightOnlyLinear):
     """y = x W^T + b with W stored as int8 and one scale per output channel."""
@@ -74,10 +59,9 @@ class WeightOnlyInt8Linear(_WeightOnlyLinear):
     @classmethod
     def from_float(cls, linear: nn.Linear) -> WeightOnlyInt8Linear:
         """Quantize a float Linear's weight per output channel to int8 ([-127, 127])."""
-        weight = linear.weight.detach().float().cpu()
-        scale = (weight.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
+        codes, scale = int8_symmetric(linear.weight)
         module = cls(linear.in_features, linear.out_features, linear.bias is not None)
-        module.weight_int8.copy_(torch.clamp(torch.round(weight / scale[:, None]), -127, 127))
+        module.weight_int8.copy_(codes)
         module.weight_scale.copy_(scale)
         if linear.bias is not None:
             module.bias.copy_(linear.bias.detach())

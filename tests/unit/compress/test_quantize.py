@@ -83,10 +83,10 @@ def test_restructure_then_load_reproduces_the_quantized_model(tiny_bert):
 def test_packed_kernel_state_is_a_cache_not_state():
     q = DynamicInt8Linear.from_float(torch.nn.Linear(8, 4), per_channel=True)
     q(torch.randn(2, 8))
-    assert q._packed is not None
+    assert q._cache is not None
     assert set(q.state_dict()) == {"weight_int8", "weight_scale", "bias", "full_range"}
     clone = pickle.loads(pickle.dumps(q))
-    assert clone._packed is None
+    assert clone._cache is None
     assert torch.equal(clone(torch.ones(1, 8)), q(torch.ones(1, 8)))
 
 
