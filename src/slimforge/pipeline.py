@@ -97,11 +97,11 @@ def _calibration(recipe: Recipe) -> list[str]:
     return load_texts(source, "train", limit=32, text_field=recipe.eval.text_field)
 
 
-def _run_stage(stage: Stage, base: LoadedModel, base_eval: EvalResult, recipe: Recipe
-               ) -> StageResult:
+def _run_stage(stage: Stage, base: LoadedModel, base_eval: EvalResult, recipe: Recipe,
+               calibration: list[str]) -> StageResult:
     loaded = base
     for step in stage.steps:
-        loaded = apply_step(loaded, step, calibration=_calibration(recipe))
+        loaded = apply_step(loaded, step, calibration=calibration)
     result = evaluate(loaded, recipe.data, reference=base_eval, config=recipe.eval)
     bench = benchmark(loaded, recipe.bench, anchor=base)
     passed, verdict = _judge(result, base_eval, recipe.select)
@@ -124,7 +124,9 @@ def optimize(recipe: Recipe | str | Path | None = None, output_dir: str | None =
         recipe = load_recipe(recipe)
     base_model = load_model(recipe.model, recipe.task)
     base_eval = evaluate(base_model, recipe.data, config=recipe.eval)
-    stages = [_run_stage(stage, base_model, base_eval, recipe) for stage in recipe.stages]
+    calibration = _calibration(recipe)
+    stages = [_run_stage(stage, base_model, base_eval, recipe, calibration)
+              for stage in recipe.stages]
     # Each stage was timed against the baseline in alternating rounds; the first stage's
     # anchor figures are the baseline's row, so it is not measured a second time.
     base_bench = stages[0].bench.anchor if stages else benchmark(base_model, recipe.bench)

@@ -139,9 +139,7 @@ def apply_step(loaded: LoadedModel, spec: dict[str, Any],
     if step.prepare is not None:
         config, notes = step.prepare(loaded, config, calibration or default_calibration())
     model = step.apply(loaded.model, config)
-    derived = loaded.derive(model, {"step": step.name, **config.model_dump(mode="json")})
-    derived.notes = [*loaded.notes, *notes]
-    return derived
+    return loaded.derive(model, {"step": step.name, **config.model_dump(mode="json")}, notes)
 
 
 def restructure(model: nn.Module, steps: list[dict[str, Any]]) -> nn.Module:

@@ -57,12 +57,14 @@ class LoadedModel:
     pooling: Pooling = "mean"
     notes: list[str] = field(default_factory=list)
 
-    def derive(self, model: torch.nn.Module, step: dict[str, Any]) -> LoadedModel:
+    def derive(self, model: torch.nn.Module, step: dict[str, Any],
+               notes: list[str] | None = None) -> LoadedModel:
         """A new LoadedModel for `model`, produced from this one by compression `step`."""
         return LoadedModel(
             model=model, tokenizer=self.tokenizer, task=self.task, spec=self.spec,
             source=self.source, architecture=self.architecture, steps=[*self.steps, step],
             base_spec=self.base_spec or self.spec, pooling=self.pooling,
+            notes=[*self.notes, *(notes or [])],
         )
 
     @property

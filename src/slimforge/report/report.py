@@ -75,8 +75,12 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _date_line() -> str:
+    return f"- Date: {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}"
+
+
 def _context(threads: int, data: dict[str, Any] | None = None) -> list[str]:
-    lines = [f"- Date: {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}",
+    lines = [_date_line(),
              f"- Machine: {cpu_name()}, {threads} threads, Python {platform.python_version()}"]
     if data:
         lines.append(f"- Data: {data.get('spec')} (sha256 {str(data.get('sha256'))[:16]}…)"
@@ -132,6 +136,6 @@ def eval_report(result: dict[str, Any]) -> str:
     return "\n".join([f"# slimforge evaluate: {result['spec']}", "",
                       f"- Task: {result['task']}, samples: {result['samples']}, "
                       f"reference: {result['reference'] or '—'}",
-                      *_context(0, result["data"])[:1], f"- Data: {result['data']['spec']}", "",
+                      _date_line(), f"- Data: {result['data']['spec']}", "",
                       _table(("metric", "value"), rows), "",
                       *[f"- {note}" for note in result["notes"]], ""])
