@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from slimforge.bench.bench import BenchConfig, benchmark
@@ -62,3 +63,16 @@ def test_sensitivity_on_calibration_text_keeps_the_worst_layer_in_float(minilm):
     config = EvalConfig(limit=120)
     with_float = evaluate(mixed, config=config).metrics["cosine_mean"]
     assert with_float >= evaluate(plain, config=config).metrics["cosine_mean"]
+
+
+@pytest.mark.xfail(strict=True, reason="dynamic int8 quantizes activations with one scale per "
+                   "batch, so a text's embedding depends on its batch-mates (measured: cosine "
+                   "0.991 alone vs in a batch of 32); per-row activation scales would fix it, "
+                   "and int8 serving with dynamic batching needs that")
+def test_int8_embedding_does_not_depend_on_its_batch_mates(minilm):
+    from slimforge.data.sources import load_texts
+
+    q = apply_step(minilm, {"step": "quantize"})
+    texts = load_texts("builtin:stdlib-docs", "eval", 32)
+    alone, batched = embed(q, texts[:1]), embed(q, texts, batch_size=32)[:1]
+    assert float((alone * batched).sum()) > 0.9999
