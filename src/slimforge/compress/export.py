@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import sys
 import tempfile
 import warnings
@@ -78,7 +79,7 @@ class OrtModule(nn.Module):
         import onnx
 
         graph = onnx.load_from_string(self.onnx_bytes).graph
-        return sum(_numel(t.dims) for t in graph.initializer)
+        return sum(math.prod(t.dims) for t in graph.initializer)
 
     def extra_repr(self) -> str:
         return f"onnx={len(self.onnx_bytes) / 1e6:.1f} MB, inputs={self.input_names}"
@@ -95,13 +96,6 @@ class _ByKeyword(nn.Module):
                 token_type_ids: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask,
                           token_type_ids=token_type_ids).last_hidden_state
-
-
-def _numel(dims: Any) -> int:
-    total = 1
-    for dim in dims:
-        total *= dim
-    return total
 
 
 def _export(model: nn.Module, path: Path, opset: int) -> None:

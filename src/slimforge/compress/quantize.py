@@ -272,6 +272,7 @@ def _restructure(model: nn.Module, config: QuantConfig) -> nn.Module:
 
 
 def _prepare(loaded: Any, config: QuantConfig, calibration: Any) -> tuple[QuantConfig, list[str]]:
+    # Imported here: sensitivity builds on quantize, so a top-level import would be circular.
     from slimforge.compress.sensitivity import keep_sensitive_in_float
 
     return keep_sensitive_in_float(loaded, config, calibration)
@@ -283,14 +284,17 @@ def quantize(model: nn.Module, config: QuantConfig) -> nn.Module:
 
     Args:
         model: any module; every `nn.Linear` (and, with `config.embeddings`, every
-            `nn.Embedding`) not matched by `config.skip` is replaced.
+            `nn.Embedding`) that matches `config.only` (when given) and not `config.skip`
+            is replaced.
         config: method, weight-scale granularity, activation range, group size, compute
-            dtype and the modules to skip.
+            dtype and the modules to quantize or skip. `keep_float` is not read here: the
+            step's `prepare` hook resolves it into `skip` before this runs.
 
     Returns:
         A new model with quantized layers in place of float ones, in `compute_dtype(config)`.
 
     Raises:
-        SlimforgeError: int4 groups that do not divide a layer's inputs.
+        SlimforgeError: int4 on a layer whose inputs are not a multiple of `group_size` or
+            whose outputs are not a multiple of 16.
     """
     return _replace_modules(copy.deepcopy(model).eval(), config, with_values=True)
