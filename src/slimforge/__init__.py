@@ -13,11 +13,18 @@ onnxruntime, opacus or matplotlib.
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import Any
 
 from slimforge.errors import SlimforgeError
 
 __version__ = "0.1.0"
+
+# transformers imports torchao whenever it is installed; on a CPU build of torch torchao logs
+# that its CUDA-only extensions cannot load, and torch warns about how torchao registers its
+# enums. Both are import noise on every command, not problems, so only errors get through.
+for _logger in ("torchao", "torch.utils._pytree"):
+    logging.getLogger(_logger).setLevel(logging.ERROR)
 
 _LAZY = {
     "load_model": "slimforge.models.load",

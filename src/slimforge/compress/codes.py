@@ -8,6 +8,7 @@ never saved, pickled or kept across a dtype or device change). The quantized lay
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -28,19 +29,26 @@ def int8_symmetric(weight: torch.Tensor, per_row: bool = True) -> tuple[torch.Te
 
 
 class KernelCache(nn.Module):
-    """A module with `_cache`: a kernel's packed form of its buffers, rebuilt when needed."""
+    """A module with `_cache`: kernel-ready forms of its buffers (a packed weight, a
+    dequantized copy), built on first use and dropped on a state, dtype or device change."""
 
     def __init__(self) -> None:
         super().__init__()
-        self._cache: Any = None
+        self._cache: dict[str, Any] = {}
+
+    def cached(self, key: str, build: Callable[[], Any]) -> Any:
+        """The cached value under `key`, built by `build()` on first use."""
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(*args, **kwargs)
-        self._cache = None  # new values: pack again on the next forward
+        self._cache = {}  # new values: build again on the next forward
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_cache": None}  # a cache, not state
+        return {**self.__dict__, "_cache": {}}  # a cache, not state
 
     def _apply(self, fn: Any, recurse: bool = True) -> nn.Module:
-        self._cache = None  # dtype or device changes invalidate the packed form
+        self._cache = {}  # dtype or device changes invalidate every cached form
         return super()._apply(fn, recurse)

@@ -2,7 +2,8 @@
 
 Owns: `QuantConfig`, `DynamicInt8Linear`, `Int8Embedding` and `quantize`. Dynamic int8 on every
 `nn.Linear`: weights stored as int8 with symmetric per-output-channel (or per-tensor) scales;
-activations quantized on the fly per batch by PyTorch's fbgemm/x86 kernel. Embedding tables
+activations quantized on the fly per batch by PyTorch's int8 kernels (oneDNN on AMX CPUs,
+fbgemm elsewhere; `int8_engine`). Embedding tables
 can be stored as int8 too (one scale per row, weight-only): they dominate an encoder's size.
 Every module's state is plain tensors, so it saves to safetensors and reloads without pickles;
 the kernel's packed form is rebuilt lazily. On CUDA the modules run dequantized (correct, not
@@ -23,19 +24,23 @@ Try it:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import fnmatch
 import functools
+import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from slimforge.compress import StepConfig, register_step
 from slimforge.compress.codes import KernelCache, int8_symmetric
+from slimforge.compress.torchao_int8 import TorchaoInt8Linear
 from slimforge.compress.weight_only import WeightOnlyInt4Linear, WeightOnlyInt8Linear
 from slimforge.errors import SlimforgeError
 
@@ -43,9 +48,12 @@ from slimforge.errors import SlimforgeError
 class QuantConfig(StepConfig):
     """How to quantize a model."""
 
-    method: Literal["dynamic-int8", "weight-only-int8", "weight-only-int4"] = "dynamic-int8"
-    """dynamic-int8: int8 weights and per-batch int8 activations (compute-bound encoders);
-    weight-only-int8/-int4: only weights shrink (memory-bound LLM decode)."""
+    method: Literal["dynamic-int8", "torchao-int8-dynamic", "weight-only-int8",
+                    "weight-only-int4"] = "dynamic-int8"
+    """dynamic-int8: int8 weights and per-batch int8 activations by PyTorch's kernels
+    (compute-bound encoders); torchao-int8-dynamic: the same through torchao, with per-token
+    activation scales; weight-only-int8/-int4: only weights shrink (memory-bound LLM decode,
+    or bf16 compute on AMX CPUs)."""
     granularity: Literal["per-channel", "per-tensor"] = "per-channel"
     """Weight scales: one per output channel (keeps MiniLM fidelity) or one per matrix."""
     skip: list[str] = Field(default_factory=list)
@@ -61,9 +69,28 @@ class QuantConfig(StepConfig):
     """dynamic-int8: 8-bit (full) or 7-bit (reduced) activations; auto: full with VNNI."""
     group_size: Literal[32, 64, 128, 256] = 32
     """weight-only-int4: input columns sharing one scale and zero."""
+    dense_cache: bool = False
+    """weight-only: keep each layer's dequantized weight in memory for calls of 16 rows or
+    more (batched encoders, prefill) instead of rebuilding it per call. Faster at small
+    batches (all-MiniLM-L6-v2, batch 1: see docs/benchmarks.md); costs 2 bytes per weight
+    of RAM in bfloat16, while the saved artifact stays int8/int4."""
     compute_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Dtype of activations and float layers; auto: bfloat16 for weight-only methods where
     the CPU has native bf16 (their kernels need it to be fast), else float32."""
+
+
+    @model_validator(mode="after")
+    def _options_fit_the_method(self) -> QuantConfig:
+        weight_only = self.method.startswith("weight-only")
+        if self.dense_cache and not weight_only:
+            raise ValueError("dense_cache applies to the weight-only methods only")
+        if self.granularity != "per-channel" and weight_only:
+            raise ValueError(f"{self.method} scales are per channel (int8) or per group "
+                             "(int4); drop granularity")
+        if self.activation_range != "auto" and self.method != "dynamic-int8":
+            raise ValueError(f"activation_range applies to dynamic-int8 only; {self.method} "
+                             "keeps activations in float or quantizes them per token")
+        return self
 
 
 def cpu_flags() -> list[str]:
@@ -86,6 +113,37 @@ def cpu_has_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX)."""
     flags = cpu_flags()
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+@functools.cache
+def cpu_has_amx_int8() -> bool:
+    """Whether this CPU has AMX int8 tiles (Sapphire Rapids and later Xeons)."""
+    return "amx_int8" in cpu_flags()
+
+
+def int8_engine(full_range: bool) -> str:
+    """The PyTorch quantized engine `DynamicInt8Linear` packs its weight for on this CPU.
+
+    oneDNN runs int8 GEMMs on AMX tiles, about 2x fbgemm's VNNI kernel for MiniLM's layers at
+    4,096 rows (benchmarks/quantization.py); it takes 8-bit activations only, so 7-bit ones
+    and CPUs without AMX keep fbgemm.
+    """
+    return "onednn" if full_range and cpu_has_amx_int8() else "fbgemm"
+
+
+_ENGINE_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _quantized_engine(name: str) -> Iterator[None]:
+    # The engine is process-global and read when packing; the packed weight keeps its kernel.
+    with _ENGINE_LOCK:
+        previous = torch.backends.quantized.engine
+        torch.backends.quantized.engine = name
+        try:
+            yield
+        finally:
+            torch.backends.quantized.engine = previous
 
 
 def compute_dtype(config: QuantConfig) -> torch.dtype:
@@ -131,6 +189,9 @@ class DynamicInt8Linear(KernelCache):
         """The float weight this module computes with (int8 times scale)."""
         return self.weight_int8.float() * self.weight_scale[:, None]
 
+    def _reduce_range(self) -> bool:
+        return not (bool(self.full_range) and cpu_has_vnni())  # see the module docstring
+
     def _pack(self) -> Any:
         q, scale = self.weight_int8.cpu(), self.weight_scale.double().cpu()
         # PyTorch warns that quantized-tensor constructors are deprecated; they remain the
@@ -143,24 +204,23 @@ class DynamicInt8Linear(KernelCache):
                 zeros = torch.zeros(len(scale), dtype=torch.long)
                 qweight = torch._make_per_channel_quantized_tensor(q, scale, zeros, 0)
         bias = None if self.bias is None else self.bias.float().cpu()
-        return torch.ops.quantized.linear_prepack(qweight, bias)
+        with _quantized_engine(int8_engine(not self._reduce_range())):
+            return torch.ops.quantized.linear_prepack(qweight, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu":
             weight = self.dequantized_weight().to(x.dtype)
             bias = None if self.bias is None else self.bias.to(x.dtype)
             return nn.functional.linear(x, weight, bias)
-        if self._cache is None:
-            self._cache = self._pack()
-        reduce_range = not (bool(self.full_range) and cpu_has_vnni())  # see module docstring
-        out = torch.ops.quantized.linear_dynamic(x.float(), self._cache, reduce_range)
+        packed = self.cached("packed", self._pack)
+        out = torch.ops.quantized.linear_dynamic(x.float(), packed, self._reduce_range())
         return out.to(x.dtype)
 
     def extra_repr(self) -> str:
         kind = "per-channel" if len(self.weight_scale) > 1 else "per-tensor"
         bits = "8-bit" if bool(self.full_range) else "7-bit"
         return (f"in_features={self.in_features}, out_features={self.out_features}, {kind}, "
-                f"{bits} activations")
+                f"{bits} activations, {int8_engine(not self._reduce_range())} kernel")
 
 
 class Int8Embedding(nn.Module):
@@ -224,11 +284,14 @@ def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
 def _quantized(module: nn.Module, config: QuantConfig) -> nn.Module:
     if isinstance(module, nn.Embedding):
         return Int8Embedding.from_float(module)
-    if config.method == "weight-only-int8":
-        return WeightOnlyInt8Linear.from_float(module)
-    if config.method == "weight-only-int4":
-        return WeightOnlyInt4Linear.from_float(module, config.group_size)
+    if config.method.startswith("weight-only"):
+        layer = (WeightOnlyInt8Linear.from_float(module) if config.method == "weight-only-int8"
+                 else WeightOnlyInt4Linear.from_float(module, config.group_size))
+        layer.keep_dense.fill_(config.dense_cache)
+        return layer
     per_channel = config.granularity == "per-channel"
+    if config.method == "torchao-int8-dynamic":
+        return TorchaoInt8Linear.from_float(module, per_channel)
     return DynamicInt8Linear.from_float(module, per_channel, _full_range(config))
 
 
@@ -240,8 +303,10 @@ def _placeholder(module: nn.Module, config: QuantConfig) -> nn.Module:
         return WeightOnlyInt8Linear(*shape)
     if config.method == "weight-only-int4":
         return WeightOnlyInt4Linear(*shape, config.group_size)
-    return DynamicInt8Linear(*shape, module.out_features
-                             if config.granularity == "per-channel" else 1)
+    channels = module.out_features if config.granularity == "per-channel" else 1
+    if config.method == "torchao-int8-dynamic":
+        return TorchaoInt8Linear(*shape, channels)
+    return DynamicInt8Linear(*shape, channels)
 
 
 def _check_groups(targets: list[tuple[str, nn.Module]], config: QuantConfig) -> None:

@@ -9,8 +9,9 @@ activations and slow with float32 ones, so `quantize` runs such models in bfloat
 CPU has native bf16. Saved state is portable plain tensors (int4 packed two per byte by us);
 the kernel's own packed layout is a cache rebuilt on first use. The packed kernels serve few
 rows (decode); from `DENSE_FROM_ROWS` rows on (prefill) the work is compute-bound and a dense
-GEMM on the dequantized weight is faster. On CUDA the layers run dequantized: correct, not
-faster.
+GEMM on the dequantized weight is faster; with `keep_dense` set that weight is kept between
+calls (faster at small batches, 2 more bytes per weight in RAM). On CUDA the layers run
+dequantized: correct, not faster.
 """
 
 from __future__ import annotations
@@ -29,6 +30,17 @@ class _WeightOnlyLinear(KernelCache):
     in_features: int
     out_features: int
 
+    def __init__(self) -> None:
+        super().__init__()
+        # True: keep the dequantized weight for the dense path instead of rebuilding it on
+        # every call (QuantConfig.dense_cache). Saved, so a reloaded model behaves the same.
+        self.register_buffer("keep_dense", torch.tensor(False))
+
+    def _dense_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        if bool(self.keep_dense):
+            return self.cached(f"dense/{dtype}", lambda: self.dequantized_weight().to(dtype))
+        return self.dequantized_weight().to(dtype)
+
     def dequantized_weight(self) -> torch.Tensor:
         raise NotImplementedError
 
@@ -40,7 +52,7 @@ class _WeightOnlyLinear(KernelCache):
         if x.device.type == "cpu" and flat.shape[0] < DENSE_FROM_ROWS:
             out = self._packed_mm(flat.contiguous())  # the packed kernels need contiguous rows
         else:
-            out = nn.functional.linear(flat, self.dequantized_weight().to(x.dtype))
+            out = nn.functional.linear(flat, self._dense_weight(x.dtype))
         out = out.reshape(*x.shape[:-1], self.out_features)
         return out if self.bias is None else out + self.bias.to(out.dtype)
 
@@ -125,12 +137,11 @@ class WeightOnlyInt4Linear(_WeightOnlyLinear):
         return weight.reshape(self.out_features, self.in_features)
 
     def _kernel_state(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._cache is None or self._cache[1].dtype != dtype:
-            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
-                self.codes().to(torch.int32), 1)
-            scales_and_zeros = torch.stack([self.weight_scale.T, self.weight_zero.T], dim=-1)
-            self._cache = (packed, scales_and_zeros.to(dtype).contiguous())
-        return self._cache
+        packed = self.cached("packed", lambda: torch.ops.aten._convert_weight_to_int4pack_for_cpu(
+            self.codes().to(torch.int32), 1))
+        scales_and_zeros = self.cached(f"scales_and_zeros/{dtype}", lambda: torch.stack(
+            [self.weight_scale.T, self.weight_zero.T], dim=-1).to(dtype).contiguous())
+        return packed, scales_and_zeros
 
     def _packed_mm(self, flat: torch.Tensor) -> torch.Tensor:
         packed, scales_and_zeros = self._kernel_state(flat.dtype)

@@ -83,10 +83,10 @@ def test_restructure_then_load_reproduces_the_quantized_model(tiny_bert):
 def test_packed_kernel_state_is_a_cache_not_state():
     q = DynamicInt8Linear.from_float(torch.nn.Linear(8, 4), per_channel=True)
     q(torch.randn(2, 8))
-    assert q._cache is not None
+    assert q._cache
     assert set(q.state_dict()) == {"weight_int8", "weight_scale", "bias", "full_range"}
     clone = pickle.loads(pickle.dumps(q))
-    assert clone._cache is None
+    assert clone._cache == {}
     assert torch.equal(clone(torch.ones(1, 8)), q(torch.ones(1, 8)))
 
 
@@ -150,3 +150,30 @@ def test_full_range_activations_are_more_accurate_where_the_cpu_allows():
     full = DynamicInt8Linear.from_float(linear, per_channel=True, full_range=True)
     reduced = DynamicInt8Linear.from_float(linear, per_channel=True, full_range=False)
     assert sqnr_db(linear(x), full(x)) > sqnr_db(linear(x), reduced(x)) + 3
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"method": "dynamic-int8", "dense_cache": True}, "dense_cache applies"),
+    ({"method": "weight-only-int8", "granularity": "per-tensor"}, "drop granularity"),
+    ({"method": "torchao-int8-dynamic", "activation_range": "reduced"}, "dynamic-int8 only"),
+])
+def test_options_that_do_not_fit_the_method_are_refused(options, message):
+    with pytest.raises(RecipeError, match=message):
+        parse_step({"step": "quantize", **options})
+
+
+def test_int8_kernel_is_onednn_only_with_amx_and_8_bit_activations(monkeypatch):
+    from slimforge.compress import quantize as module
+
+    monkeypatch.setattr(module, "cpu_has_amx_int8", lambda: True)
+    assert module.int8_engine(full_range=True) == "onednn"
+    assert module.int8_engine(full_range=False) == "fbgemm"
+    monkeypatch.setattr(module, "cpu_has_amx_int8", lambda: False)
+    assert module.int8_engine(full_range=True) == "fbgemm"
+
+
+def test_packing_leaves_the_process_engine_as_it_was():
+    before = torch.backends.quantized.engine
+    q = DynamicInt8Linear.from_float(torch.nn.Linear(8, 4), per_channel=True, full_range=True)
+    q(torch.randn(2, 8))
+    assert torch.backends.quantized.engine == before

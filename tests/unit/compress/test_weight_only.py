@@ -59,14 +59,14 @@ def test_int4_is_exact_on_weights_already_on_a_16_level_grid():
 def test_kernel_cache_is_neither_saved_nor_stale():
     layer = WeightOnlyInt4Linear.from_float(torch.nn.Linear(64, 16), 32)
     layer(torch.randn(1, 64))
-    assert layer._cache is not None
+    assert layer._cache
     assert "_cache" not in layer.state_dict()
-    assert pickle.loads(pickle.dumps(layer))._cache is None
+    assert pickle.loads(pickle.dumps(layer))._cache == {}
     layer.to(torch.bfloat16)
-    assert layer._cache is None
+    assert layer._cache == {}
     layer(torch.randn(1, 64, dtype=torch.bfloat16))
     layer.load_state_dict(layer.state_dict())
-    assert layer._cache is None
+    assert layer._cache == {}
 
 
 def test_groups_that_do_not_divide_a_layer_are_a_clear_error():
@@ -103,3 +103,16 @@ def test_cuda_runs_the_dequantized_weights():
     x = torch.randn(3, 64)
     expected = torch.nn.functional.linear(x, layer.dequantized_weight(), layer.bias)
     assert torch.allclose(layer.to("cuda")(x.cuda()).cpu(), expected, atol=1e-4)
+
+
+def test_dense_cache_keeps_the_dequantized_weight_and_is_saved():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 16))
+    cached = quantize(model, QuantConfig(method="weight-only-int8", dense_cache=True,
+                                         compute_dtype="float32"))
+    plain = quantize(model, QuantConfig(method="weight-only-int8", compute_dtype="float32"))
+    x = torch.randn(20, 32)  # 20 rows: the dense path
+    assert torch.equal(cached(x), plain(x))
+    assert any(key.startswith("dense/") for key in cached[0]._cache)
+    assert not plain[0]._cache
+    assert bool(cached[0].state_dict()["keep_dense"])
