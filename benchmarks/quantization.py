@@ -1,10 +1,12 @@
 """Quantization side by side, in one run: MiniLM on CPU and SmolLM2 decode.
 
-MiniLM (`builtin:minilm`, 500 held-out paragraphs): torch fp32 (the anchor), slimforge
-dynamic int8 (the default: per-channel, int8 tables, 8-bit activations with VNNI), ONNX
-Runtime fp32 and dynamic int8 per-channel on the fused graph. Fidelity against fp32; every
-variant timed against fp32 in alternating rounds, and slimforge's best against ORT int8 in
-the same way.
+MiniLM (`builtin:minilm`, 500 held-out paragraphs): torch fp32 (the anchor); slimforge's
+int8 artifacts (per-channel, int8 tables): dynamic int8 on fbgemm and on the kernel `auto`
+picks here (oneDNN where the CPU has AMX), with the most sensitive layer kept in float, the
+torchao route (per-token activations), and weight-only int8 computed in bf16; ONNX Runtime
+fp32 and dynamic int8 per-channel on the fused graph. Fidelity against fp32; every variant
+timed against fp32 in alternating rounds, and slimforge's best against ORT int8 in the same
+way.
 
 SmolLM2 (`builtin:smollm2`, held-out text): fp32, weight-only int8, weight-only int4 (group
 32): perplexity ratio to fp32, decode tokens/s at batch 1 against fp32 in alternating rounds,
@@ -33,16 +35,24 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def minilm(limit: int, repeats: int) -> dict:
     from slimforge.bench.bench import BenchConfig, benchmark
     from slimforge.compress import apply_step
+    from slimforge.compress.quantize import int8_engine
     from slimforge.evaluation.evaluate import EvalConfig, evaluate
     from slimforge.models.load import load_model
 
     base = load_model("builtin:minilm")
+    auto = int8_engine(full_range=True)
     eval_config = EvalConfig(limit=limit)
     bench_config = BenchConfig(repeats=repeats, rounds=4, throughput_repeats=24)
     reference = evaluate(base, config=eval_config)
     variants = {
-        "slimforge dynamic int8": {"step": "quantize"},
-        "slimforge dynamic int8, 1 layer in float": {"step": "quantize", "keep_float": 1},
+        "slimforge dynamic int8, fbgemm kernel": {"step": "quantize", "kernel": "fbgemm"},
+        f"slimforge dynamic int8, {auto} kernel (auto)": {"step": "quantize"},
+        f"slimforge dynamic int8, {auto}, 1 layer in float": {"step": "quantize",
+                                                              "keep_float": 1},
+        "slimforge torchao int8, per-token activations (eager)": {
+            "step": "quantize", "method": "torchao-int8-dynamic"},
+        "slimforge weight-only int8, bf16 compute": {
+            "step": "quantize", "method": "weight-only-int8", "dense_cache": True},
         "ORT fp32 fused": {"step": "onnx", "quantize": "none"},
         "ORT dynamic int8 per-channel": {"step": "onnx", "per_channel": True},
     }

@@ -67,6 +67,10 @@ class QuantConfig(StepConfig):
     """Also store `nn.Embedding` tables as int8, one scale per row (weight-only)."""
     activation_range: Literal["auto", "full", "reduced"] = "auto"
     """dynamic-int8: 8-bit (full) or 7-bit (reduced) activations; auto: full with VNNI."""
+    kernel: Literal["auto", "fbgemm", "onednn"] = "auto"
+    """dynamic-int8: PyTorch's int8 GEMM. auto: oneDNN (AMX tiles) where the CPU has AMX
+    int8 and activations are 8-bit, fbgemm elsewhere. Stored in the model: the two kernels
+    round activations slightly differently."""
     group_size: Literal[32, 64, 128, 256] = 32
     """weight-only-int4: input columns sharing one scale and zero."""
     dense_cache: bool = False
@@ -87,6 +91,11 @@ class QuantConfig(StepConfig):
         if self.granularity != "per-channel" and weight_only:
             raise ValueError(f"{self.method} scales are per channel (int8) or per group "
                              "(int4); drop granularity")
+        if self.kernel != "auto" and self.method != "dynamic-int8":
+            raise ValueError("kernel applies to dynamic-int8 only")
+        if self.kernel == "onednn" and self.activation_range == "reduced":
+            raise ValueError("the onednn kernel takes 8-bit activations; use fbgemm for "
+                             "reduced (7-bit) ones")
         if self.activation_range != "auto" and self.method != "dynamic-int8":
             raise ValueError(f"activation_range applies to dynamic-int8 only; {self.method} "
                              "keeps activations in float or quantizes them per token")
@@ -122,7 +131,7 @@ def cpu_has_amx_int8() -> bool:
 
 
 def int8_engine(full_range: bool) -> str:
-    """The PyTorch quantized engine `DynamicInt8Linear` packs its weight for on this CPU.
+    """The PyTorch quantized engine `kernel: auto` picks for dynamic int8 on this CPU.
 
     oneDNN runs int8 GEMMs on AMX tiles, about 2x fbgemm's VNNI kernel for MiniLM's layers at
     4,096 rows (benchmarks/quantization.py); it takes 8-bit activations only, so 7-bit ones
@@ -159,6 +168,12 @@ def _full_range(config: QuantConfig) -> bool:
         config.activation_range == "auto" and cpu_has_vnni())
 
 
+def _onednn(config: QuantConfig) -> bool:
+    if config.kernel == "auto":
+        return int8_engine(_full_range(config)) == "onednn"
+    return config.kernel == "onednn"
+
+
 class DynamicInt8Linear(KernelCache):
     """A Linear with int8 weights and dynamically quantized int8 activations."""
 
@@ -170,10 +185,12 @@ class DynamicInt8Linear(KernelCache):
         self.register_buffer("weight_scale", torch.ones(channels))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
         self.register_buffer("full_range", torch.tensor(False))
+        self.register_buffer("onednn", torch.tensor(False))  # else fbgemm
 
     @classmethod
     def from_float(
-        cls, linear: nn.Linear, per_channel: bool, full_range: bool = False
+        cls, linear: nn.Linear, per_channel: bool, full_range: bool = False,
+        onednn: bool = False,
     ) -> DynamicInt8Linear:
         """Quantize a float Linear's weight symmetrically to int8 ([-127, 127])."""
         codes, scale = int8_symmetric(linear.weight, per_row=per_channel)
@@ -181,6 +198,7 @@ class DynamicInt8Linear(KernelCache):
         module.weight_int8.copy_(codes)
         module.weight_scale.copy_(scale)
         module.full_range.fill_(full_range)
+        module.onednn.fill_(onednn)
         if linear.bias is not None:
             module.bias.copy_(linear.bias.detach().float())
         return module
@@ -188,6 +206,9 @@ class DynamicInt8Linear(KernelCache):
     def dequantized_weight(self) -> torch.Tensor:
         """The float weight this module computes with (int8 times scale)."""
         return self.weight_int8.float() * self.weight_scale[:, None]
+
+    def _engine(self) -> str:
+        return "onednn" if bool(self.onednn) else "fbgemm"
 
     def _reduce_range(self) -> bool:
         return not (bool(self.full_range) and cpu_has_vnni())  # see the module docstring
@@ -204,7 +225,7 @@ class DynamicInt8Linear(KernelCache):
                 zeros = torch.zeros(len(scale), dtype=torch.long)
                 qweight = torch._make_per_channel_quantized_tensor(q, scale, zeros, 0)
         bias = None if self.bias is None else self.bias.float().cpu()
-        with _quantized_engine(int8_engine(not self._reduce_range())):
+        with _quantized_engine(self._engine()):
             return torch.ops.quantized.linear_prepack(qweight, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -220,7 +241,7 @@ class DynamicInt8Linear(KernelCache):
         kind = "per-channel" if len(self.weight_scale) > 1 else "per-tensor"
         bits = "8-bit" if bool(self.full_range) else "7-bit"
         return (f"in_features={self.in_features}, out_features={self.out_features}, {kind}, "
-                f"{bits} activations, {int8_engine(not self._reduce_range())} kernel")
+                f"{bits} activations, {self._engine()} kernel")
 
 
 class Int8Embedding(nn.Module):
@@ -292,7 +313,8 @@ def _quantized(module: nn.Module, config: QuantConfig) -> nn.Module:
     per_channel = config.granularity == "per-channel"
     if config.method == "torchao-int8-dynamic":
         return TorchaoInt8Linear.from_float(module, per_channel)
-    return DynamicInt8Linear.from_float(module, per_channel, _full_range(config))
+    return DynamicInt8Linear.from_float(module, per_channel, _full_range(config),
+                                        _onednn(config))
 
 
 def _placeholder(module: nn.Module, config: QuantConfig) -> nn.Module:

@@ -84,7 +84,8 @@ def test_packed_kernel_state_is_a_cache_not_state():
     q = DynamicInt8Linear.from_float(torch.nn.Linear(8, 4), per_channel=True)
     q(torch.randn(2, 8))
     assert q._cache
-    assert set(q.state_dict()) == {"weight_int8", "weight_scale", "bias", "full_range"}
+    assert set(q.state_dict()) == {"weight_int8", "weight_scale", "bias", "full_range",
+                                   "onednn"}
     clone = pickle.loads(pickle.dumps(q))
     assert clone._cache == {}
     assert torch.equal(clone(torch.ones(1, 8)), q(torch.ones(1, 8)))
@@ -156,13 +157,15 @@ def test_full_range_activations_are_more_accurate_where_the_cpu_allows():
     ({"method": "dynamic-int8", "dense_cache": True}, "dense_cache applies"),
     ({"method": "weight-only-int8", "granularity": "per-tensor"}, "drop granularity"),
     ({"method": "torchao-int8-dynamic", "activation_range": "reduced"}, "dynamic-int8 only"),
+    ({"method": "weight-only-int4", "kernel": "fbgemm"}, "kernel applies"),
+    ({"kernel": "onednn", "activation_range": "reduced"}, "use fbgemm"),
 ])
 def test_options_that_do_not_fit_the_method_are_refused(options, message):
     with pytest.raises(RecipeError, match=message):
         parse_step({"step": "quantize", **options})
 
 
-def test_int8_kernel_is_onednn_only_with_amx_and_8_bit_activations(monkeypatch):
+def test_auto_kernel_is_onednn_only_with_amx_and_8_bit_activations(monkeypatch):
     from slimforge.compress import quantize as module
 
     monkeypatch.setattr(module, "cpu_has_amx_int8", lambda: True)
@@ -170,6 +173,17 @@ def test_int8_kernel_is_onednn_only_with_amx_and_8_bit_activations(monkeypatch):
     assert module.int8_engine(full_range=False) == "fbgemm"
     monkeypatch.setattr(module, "cpu_has_amx_int8", lambda: False)
     assert module.int8_engine(full_range=True) == "fbgemm"
+
+
+@pytest.mark.parametrize("kernel", ["fbgemm", "onednn"])
+def test_the_chosen_kernel_is_stored_and_used(kernel):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32))
+    q = quantize(model, QuantConfig(kernel=kernel, activation_range="full"))
+    assert bool(q[0].onednn) == (kernel == "onednn")
+    assert f"{kernel} kernel" in repr(q)
+    x = torch.randn(8, 64)
+    assert sqnr_db(model(x), q(x)) > 30
 
 
 def test_packing_leaves_the_process_engine_as_it_was():
