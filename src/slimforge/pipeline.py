@@ -22,7 +22,8 @@ from slimforge.io.run import write_run
 from slimforge.models.load import load_model
 from slimforge.models.tasks import LoadedModel
 from slimforge.recipe import Recipe, Selection, Stage, load_recipe
-from slimforge.report.report import optimize_report
+from slimforge.report.plots import sensitivity_png
+from slimforge.report.report import optimize_report, sensitivity_file
 
 
 @dataclass
@@ -41,7 +42,7 @@ class StageResult:
         """The stage as written to metrics.json."""
         return {"name": self.name, "steps": self.loaded.steps, "eval": self.eval.to_json(),
                 "bench": self.bench.to_json(), "passed": self.passed, "verdict": self.verdict,
-                "selected": selected, "notes": self.notes}
+                "selected": selected, "notes": self.notes, "layers": self.loaded.layers}
 
 
 @dataclass
@@ -109,6 +110,16 @@ def _run_stage(stage: Stage, base: LoadedModel, base_eval: EvalResult, recipe: R
                        [*loaded.notes, *result.notes])
 
 
+def _sensitivity_plots(stages: list[StageResult]) -> dict[str, bytes]:
+    """One per-layer SQNR chart per stage that recorded per-layer figures, by file name."""
+    plots = {}
+    for stage in stages:
+        png = sensitivity_png(stage.loaded.layers, f"{stage.name}: per-layer quantization SQNR")
+        if png is not None:
+            plots[sensitivity_file(stage.name)] = png
+    return plots
+
+
 def optimize(recipe: Recipe | str | Path | None = None, output_dir: str | None = None
              ) -> OptimizeResult:
     """Compare the baseline with every stage of a recipe, pick the winner, write a run.
@@ -135,7 +146,9 @@ def optimize(recipe: Recipe | str | Path | None = None, output_dir: str | None =
     winner, reason = _pick(stages, recipe.select)
     summary = {"model": recipe.model, "data": base_eval.data, "selected": winner.name,
                "reason": reason, "stages": [s.to_json(s is winner) for s in stages]}
+    plots = _sensitivity_plots(stages)
     run_dir = write_run(output_dir or recipe.output_dir, "optimize", recipe.model,
-                        recipe.model_dump(mode="json"), summary, optimize_report(summary),
-                        model=winner.loaded)
+                        recipe.model_dump(mode="json"), summary,
+                        optimize_report(summary, plots=list(plots)), model=winner.loaded,
+                        files=plots)
     return OptimizeResult(run_dir, stages, winner.name, reason)

@@ -31,8 +31,10 @@ def test_shipped_recipe_runs_on_a_tiny_model(path: Path, tmp_path):
     })
     result = optimize(tiny, output_dir=str(tmp_path))
     names = {p.name for p in result.run_dir.iterdir()}
-    assert names == {"manifest.json", "metrics.json", "report.md", "model"}
+    plots = {n for n in names if n.startswith("sensitivity-") and n.endswith(".png")}
+    assert names - plots == {"manifest.json", "metrics.json", "report.md", "model"}
     manifest = verify_manifest(result.run_dir)
+    assert plots <= set(manifest["files"])
     assert manifest["config"]["model"] == TINY_MODEL[recipe.model]
     assert {"model/model.safetensors", "model/model.onnx"} & set(manifest["files"])
     summary = json.loads((result.run_dir / "metrics.json").read_text())
@@ -41,4 +43,6 @@ def test_shipped_recipe_runs_on_a_tiny_model(path: Path, tmp_path):
     report = result.report_path.read_text()
     for stage in summary["stages"]:
         assert f"| {stage['name']}" in report
+    for plot in plots:  # every chart written is linked from the report
+        assert f"]({plot})" in report
     assert load_model(str(result.run_dir)).task == load_model(TINY_MODEL[recipe.model]).task

@@ -7,7 +7,9 @@ compare stages side by side. `restructure(model, config)` turns a freshly built 
 into the compressed structure with placeholder values, so an artifact can be rebuilt and then
 filled from its safetensors. An optional `prepare(loaded, config, calibration)` resolves
 data-dependent choices (which layers to keep in float, say) into a plain config before
-`apply`; that resolved config is what gets recorded, so a replay needs no data. Providers
+`apply`; that resolved config is what gets recorded, so a replay needs no data. An optional
+`inspect(loaded, compressed, calibration)` measures the result per layer (SQNR against float),
+and those figures travel with the artifact. Providers
 register themselves in their own module; this module imports them explicitly in
 `_providers()` (no package scanning).
 """
@@ -15,7 +17,7 @@ register themselves in their own module; this module imports them explicitly in
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
@@ -45,9 +47,25 @@ class CompressionStep:
     restructure: Callable[[nn.Module, Any], nn.Module]
     tasks: tuple[str, ...]
     prepare: Prepare | None = None
+    inspect: Inspect | None = None
 
 
-Prepare = Callable[[Any, Any, Sequence[str]], tuple[Any, list[str]]]
+@dataclass(frozen=True)
+class Prepared:
+    """What a step's `prepare` hook resolved before the step runs."""
+
+    config: Any
+    """The config to apply and record (data-dependent choices made explicit)."""
+    notes: list[str] = field(default_factory=list)
+    """What was decided, for reports."""
+    layers: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per-layer figures measured on the way (e.g. sensitivity), saved in the artifact."""
+
+
+Prepare = Callable[[Any, Any, Sequence[str]], Prepared]
+"""(loaded, config, calibration texts) -> Prepared."""
+Inspect = Callable[[Any, Any, Sequence[str]], dict[str, dict[str, float]]]
+"""(loaded before the step, model after it, calibration texts) -> per-layer figures."""
 STEPS = Registry[CompressionStep]("compression step")
 
 
@@ -60,11 +78,14 @@ def register_step(
     restructure: Callable[[nn.Module, Any], nn.Module],
     tasks: tuple[str, ...] = ALL_TASKS,
     prepare: Prepare | None = None,
+    inspect: Inspect | None = None,
 ) -> Callable[[Callable[[nn.Module, Any], nn.Module]], Callable[[nn.Module, Any], nn.Module]]:
-    """Decorator for a step's `apply` function: registers it under `name` for `tasks`."""
+    """Decorator for a step's `apply` function: registers it under `name` for `tasks`.
+    `prepare` makes data-dependent choices before it runs; `inspect` measures the result
+    layer by layer after it."""
 
     def decorate(apply: Callable[[nn.Module, Any], nn.Module]):
-        entry = CompressionStep(name, config_type, apply, restructure, tasks, prepare)
+        entry = CompressionStep(name, config_type, apply, restructure, tasks, prepare, inspect)
         STEPS.register(name)(entry)
         return apply
 
@@ -135,11 +156,14 @@ def apply_step(loaded: LoadedModel, spec: dict[str, Any],
         raise SlimforgeError(f"Step {step.name!r} does not apply to {loaded.task} models "
                              f"({loaded.spec}); it covers: {', '.join(step.tasks)}.",
                              "choose another step for this model, e.g. quantize.")
-    notes: list[str] = []
-    if step.prepare is not None:
-        config, notes = step.prepare(loaded, config, calibration or default_calibration())
-    model = step.apply(loaded.model, config)
-    return loaded.derive(model, {"step": step.name, **config.model_dump(mode="json")}, notes)
+    texts = calibration or default_calibration()
+    prepared = step.prepare(loaded, config, texts) if step.prepare else Prepared(config)
+    model = step.apply(loaded.model, prepared.config)
+    layers = {name: dict(figures) for name, figures in prepared.layers.items()}
+    for name, figures in (step.inspect(loaded, model, texts) if step.inspect else {}).items():
+        layers.setdefault(name, {}).update(figures)
+    return loaded.derive(model, {"step": step.name, **prepared.config.model_dump(mode="json")},
+                         prepared.notes, layers)
 
 
 def restructure(model: nn.Module, steps: list[dict[str, Any]]) -> nn.Module:

@@ -358,14 +358,21 @@ def _restructure(model: nn.Module, config: QuantConfig) -> nn.Module:
     return _replace_modules(model, config, with_values=False)
 
 
-def _prepare(loaded: Any, config: QuantConfig, calibration: Any) -> tuple[QuantConfig, list[str]]:
+def _prepare(loaded: Any, config: QuantConfig, calibration: Any) -> Any:
     # Imported here: sensitivity builds on quantize, so a top-level import would be circular.
     from slimforge.compress.sensitivity import keep_sensitive_in_float
 
     return keep_sensitive_in_float(loaded, config, calibration)
 
 
-@register_step("quantize", QuantConfig, restructure=_restructure, prepare=_prepare)
+def _inspect(loaded: Any, compressed: nn.Module, calibration: Any) -> dict[str, dict[str, float]]:
+    from slimforge.compress.sensitivity import layer_sqnr
+
+    return layer_sqnr(loaded, compressed, calibration)
+
+
+@register_step("quantize", QuantConfig, restructure=_restructure, prepare=_prepare,
+               inspect=_inspect)
 def quantize(model: nn.Module, config: QuantConfig) -> nn.Module:
     """Return a quantized copy of `model`; the input is left untouched.
 

@@ -1,11 +1,14 @@
 """Per-layer quantization sensitivity, and mixed precision built on it.
 
-Owns: `LayerSensitivity`, `rank_layers` and `keep_sensitive_in_float`. Each quantizable layer
+Owns: `LayerSensitivity`, `rank_layers`, `keep_sensitive_in_float` and `layer_sqnr`. Each
+quantizable layer
 is quantized alone; the model's output on calibration text is compared with the float
 model's as SQNR (dB); the lowest SQNR hurts most. `keep_sensitive_in_float` is the
 `quantize` step's `prepare` hook: with `keep_float: N` it adds the N worst layers to `skip`,
-so the recorded step is a plain config that reloads without any data. Calibration text
-should not be the evaluation text (the pipeline uses the train split).
+so the recorded step is a plain config that reloads without any data, and records every
+layer's ranking SQNR (`alone_sqnr_db`). `layer_sqnr` is the step's `inspect` hook: each
+quantized layer's own output against its float original on the same input (`sqnr_db`).
+Calibration text should not be the evaluation text (the pipeline uses the train split).
 
     >>> from slimforge.models.load import load_model
     >>> from slimforge.compress.quantize import QuantConfig
@@ -16,11 +19,13 @@ should not be the evaluation text (the pipeline uses the train split).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
+from slimforge.compress import Prepared
 from slimforge.compress.quantize import QuantConfig, quantize, quantized_layers
 from slimforge.models.tasks import LoadedModel, tokenize
 from slimforge.progress import track
@@ -70,18 +75,61 @@ def rank_layers(loaded: LoadedModel, config: QuantConfig, texts: Sequence[str],
 
 
 def keep_sensitive_in_float(loaded: LoadedModel, config: QuantConfig,
-                            calibration: Sequence[str]) -> tuple[QuantConfig, list[str]]:
+                            calibration: Sequence[str]) -> Prepared:
     """The `prepare` hook of `quantize`: resolve `keep_float` into explicit `skip` names.
 
     Returns:
-        The config to apply and record (`keep_float` 0, the chosen layers in `skip`), and
-        notes naming the layers kept in float and their SQNR.
+        The config to apply and record (`keep_float` 0, the chosen layers in `skip`), notes
+        naming the layers kept in float, and every ranked layer's `alone_sqnr_db`.
     """
     if config.keep_float == 0:
-        return config, []
-    worst = rank_layers(loaded, config, calibration)[: config.keep_float]
+        return Prepared(config)
+    ranking = rank_layers(loaded, config, calibration)
+    worst = ranking[: config.keep_float]
     resolved = config.model_copy(update={
         "keep_float": 0, "skip": [*config.skip, *(r.name for r in worst)]})
     kept = ", ".join(f"{r.name} ({r.sqnr_db:.1f} dB alone)" for r in worst)
-    return resolved, [f"kept in float as most sensitive on {len(calibration)} calibration "
-                      f"texts: {kept}"]
+    return Prepared(resolved, [f"kept in float as most sensitive on {len(calibration)} "
+                               f"calibration texts: {kept}"],
+                    {r.name: {"alone_sqnr_db": r.sqnr_db} for r in ranking})
+
+
+class _SqnrMeter:
+    """Accumulates signal and noise power of one layer's output against its float self."""
+
+    def __init__(self, original: torch.nn.Module) -> None:
+        self.original, self.signal, self.noise = original, 0.0, 0.0
+
+    def __call__(self, module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+        param = next(self.original.parameters())
+        x = args[0].to(param.device)
+        if x.is_floating_point():  # a layer computing in bf16 is compared with its fp32 self
+            x = x.to(param.dtype)
+        ref = self.original(x).float()
+        self.signal += float(ref.pow(2).sum())
+        self.noise += float((ref - output.float()).pow(2).sum())
+
+    def db(self) -> float:
+        return 10 * math.log10(max(self.signal, 1e-20) / max(self.noise, 1e-20))
+
+
+@torch.inference_mode()
+def layer_sqnr(loaded: LoadedModel, compressed: torch.nn.Module, texts: Sequence[str],
+               max_length: int = 128) -> dict[str, dict[str, float]]:
+    """The `inspect` hook of `quantize`: every replaced layer's output SQNR (dB) against its
+    float original, fed the same input, over calibration text. Models without a tokenizer
+    get no figures (there is no text to feed them)."""
+    if loaded.tokenizer is None:
+        return {}
+    originals = dict(loaded.model.named_modules())
+    meters = {name: _SqnrMeter(originals[name]) for name, module in compressed.named_modules()
+              if name in originals and type(module) is not type(originals[name])
+              and isinstance(originals[name], torch.nn.Linear | torch.nn.Embedding)}
+    handles = [compressed.get_submodule(name).register_forward_hook(meter)
+               for name, meter in meters.items()]
+    try:
+        compressed(**tokenize(loaded, list(texts), max_length))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: {"sqnr_db": meter.db()} for name, meter in meters.items() if meter.signal}

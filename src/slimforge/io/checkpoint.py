@@ -126,6 +126,7 @@ def save_model_dir(model_dir: Path, loaded: Any) -> None:
         "task": loaded.task, "spec": loaded.spec, "source": loaded.source,
         "architecture": architecture, "steps": loaded.steps,
         "base_spec": loaded.base_spec, "pooling": loaded.pooling,
+        "notes": loaded.notes, "layers": loaded.layers,
     }
     (model_dir / MODEL_META).write_text(json.dumps(meta, indent=2, sort_keys=True))
 

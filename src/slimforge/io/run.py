@@ -1,9 +1,10 @@
 """Run folders: what every command that produces a model or figures leaves behind.
 
 Owns: `write_run`. A run folder holds `manifest.json` (command, spec, config, versions, git
-commit, sha256 of every file), `metrics.json`, `report.md`, and `model/` when a model was
-produced. It is assembled under a temporary name and renamed into place, so an interrupted
-run leaves nothing half-written. `load_model(run_folder)` verifies the hashes on the way in.
+commit, sha256 of every file), `metrics.json`, `report.md`, plots the report links to, and
+`model/` when a model was produced. It is assembled under a temporary name and renamed into
+place, so an interrupted run leaves nothing half-written. `load_model(run_folder)` verifies
+the hashes on the way in.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def write_run(
     metrics: dict[str, Any],
     report: str,
     model: Any = None,
+    files: dict[str, bytes] | None = None,
 ) -> Path:
     """Write a complete run folder atomically and return its path.
 
@@ -51,6 +53,7 @@ def write_run(
         metrics: the figures, written as `metrics.json`.
         report: the Markdown report, written as `report.md`.
         model: a LoadedModel to save under `model/`, or None for figures-only runs.
+        files: more files by name (plots the report links to), hashed like the rest.
     """
     path = _fresh_path(Path(output_dir), command, spec)
     with atomic_dir(path) as tmp:
@@ -58,5 +61,7 @@ def write_run(
             save_model_dir(tmp / MODEL_DIR, model)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
         (tmp / "report.md").write_text(report)
+        for name, data in (files or {}).items():
+            (tmp / name).write_bytes(data)
         write_manifest(tmp, command, spec, config)
     return path

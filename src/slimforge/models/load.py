@@ -238,7 +238,8 @@ def _from_run(folder: Path) -> LoadedModel:
     except (*LOAD_ERRORS, ImportError, SlimforgeError) as exc:
         raise _rebuild_error(folder, manifest, exc) from None
     return LoadedModel(model, tokenizer, meta["task"], str(folder), meta["source"],
-                       meta["architecture"], meta["steps"], meta["base_spec"], meta["pooling"])
+                       meta["architecture"], meta["steps"], meta["base_spec"], meta["pooling"],
+                       meta.get("notes", []), meta.get("layers", {}))
 
 
 def _from_path(path: Path, task: Task | None, weights: str | None) -> LoadedModel:

@@ -44,6 +44,9 @@ class LoadedModel:
         base_spec: the spec of the uncompressed model, the default fidelity reference.
         pooling: how token states become one embedding (embedding task only).
         notes: what compression decided on the way (e.g. layers kept in float), for reports.
+        layers: per-layer figures compression measured, by module name (e.g. `sqnr_db`: the
+            layer's output against its float self on calibration text; `alone_sqnr_db`: the
+            model's output with only that layer quantized). Saved in the artifact.
     """
 
     model: torch.nn.Module
@@ -56,15 +59,18 @@ class LoadedModel:
     base_spec: str | None = None
     pooling: Pooling = "mean"
     notes: list[str] = field(default_factory=list)
+    layers: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def derive(self, model: torch.nn.Module, step: dict[str, Any],
-               notes: list[str] | None = None) -> LoadedModel:
-        """A new LoadedModel for `model`, produced from this one by compression `step`."""
+               notes: list[str] | None = None,
+               layers: dict[str, dict[str, float]] | None = None) -> LoadedModel:
+        """A new LoadedModel for `model`, produced from this one by compression `step`;
+        `layers` replaces the per-layer figures (they describe the latest step)."""
         return LoadedModel(
             model=model, tokenizer=self.tokenizer, task=self.task, spec=self.spec,
             source=self.source, architecture=self.architecture, steps=[*self.steps, step],
             base_spec=self.base_spec or self.spec, pooling=self.pooling,
-            notes=[*self.notes, *(notes or [])],
+            notes=[*self.notes, *(notes or [])], layers=dict(layers or {}),
         )
 
     @property

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import platform
+import re
 from typing import Any
 
 QUALITY_KEYS = ("cosine_mean", "knn_overlap_at_10", "spearman", "retrieval_at_1", "perplexity",
@@ -88,8 +89,31 @@ def _context(threads: int, data: dict[str, Any] | None = None) -> list[str]:
     return lines
 
 
-def optimize_report(summary: dict[str, Any]) -> str:
-    """The Markdown report of an `optimize` run (summary as written to metrics.json)."""
+def sensitivity_file(stage: str) -> str:
+    """The file name of a stage's per-layer SQNR chart inside the run folder."""
+    return f"sensitivity-{re.sub(r'[^A-Za-z0-9]+', '-', stage).strip('-')}.png"
+
+
+def _layer_section(stages: list[dict[str, Any]], plots: list[str]) -> list[str]:
+    lines = []
+    for stage in stages:
+        layers = {k: v for k, v in stage.get("layers", {}).items() if "sqnr_db" in v}
+        if not layers:
+            continue
+        worst = sorted(layers.items(), key=lambda kv: kv[1]["sqnr_db"])[:5]
+        lines += [f"### {stage['name']}", "",
+                  f"{len(layers)} quantized layers; output SQNR against float on calibration "
+                  f"text, lowest: " + ", ".join(f"`{n}` {v['sqnr_db']:.1f} dB" for n, v in worst)
+                  + ". Every layer's figures are in the model's `slimforge.json`.", ""]
+        if sensitivity_file(stage["name"]) in plots:
+            lines += [f"![per-layer SQNR of {stage['name']}]({sensitivity_file(stage['name'])})",
+                      ""]
+    return ["## Per-layer quantization SQNR", "", *lines] if lines else []
+
+
+def optimize_report(summary: dict[str, Any], plots: list[str] | None = None) -> str:
+    """The Markdown report of an `optimize` run (summary as written to metrics.json);
+    `plots` names the chart files written beside it."""
     stages = summary["stages"]
     first = stages[0]
     lines = [f"# slimforge optimize: {summary['model']}", "",
@@ -105,6 +129,7 @@ def optimize_report(summary: dict[str, Any]) -> str:
     for stage in stages:
         if stage["notes"]:
             lines.append(f"- {stage['name']}: " + "; ".join(stage["notes"]))
+    lines += ["", *_layer_section(stages, plots or [])]
     return "\n".join(lines).rstrip() + "\n"
 
 

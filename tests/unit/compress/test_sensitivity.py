@@ -52,3 +52,24 @@ def test_keep_float_is_resolved_into_skip_and_reloads_without_data(tiny_bert, tm
     with torch.inference_mode():
         assert torch.equal(again.model(**batch).last_hidden_state,
                            mixed.model(**batch).last_hidden_state)
+
+
+def test_every_quantized_layer_gets_its_sqnr_and_it_travels_with_the_artifact(tiny_bert,
+                                                                             tmp_path):
+    loaded = _with_outliers(tiny_bert)
+    q = apply_step(loaded, {"step": "quantize", "embeddings": False}, calibration=TEXTS)
+    names = quantized_layers(loaded.model, QuantConfig(embeddings=False))
+    assert set(q.layers) == set(names)
+    worst = min(q.layers, key=lambda name: q.layers[name]["sqnr_db"])
+    assert worst == PLANTED
+    assert all(figures["sqnr_db"] > 20 for name, figures in q.layers.items() if name != PLANTED)
+    again = load_model(str(write_run(tmp_path, "t", "builtin:tiny-bert", {}, {}, "#\n", q)))
+    assert again.layers == q.layers
+
+
+def test_keep_float_records_the_ranking_of_every_layer(tiny_bert):
+    mixed = apply_step(_with_outliers(tiny_bert), {"step": "quantize", "keep_float": 1},
+                       calibration=TEXTS)
+    ranked = {name for name, f in mixed.layers.items() if "alone_sqnr_db" in f}
+    assert ranked == set(quantized_layers(tiny_bert.model, QuantConfig()))
+    assert "sqnr_db" not in mixed.layers[PLANTED]  # kept in float: ranked, not quantized

@@ -1,0 +1,61 @@
+"""Plots for reports, as PNG bytes (matplotlib, imported only when a plot is drawn).
+
+Owns: `sensitivity_png`. Figures come in, pictures go out; nothing here measures anything.
+"""
+
+from __future__ import annotations
+
+import io
+
+SHOWN_LAYERS = 30
+"""A chart shows the most sensitive layers; the full list is in the artifact's slimforge.json."""
+
+
+def _rank_key(figures: dict[str, float]) -> float:
+    return figures.get("alone_sqnr_db", figures.get("sqnr_db", float("inf")))
+
+
+def sensitivity_png(layers: dict[str, dict[str, float]], title: str) -> bytes | None:
+    """A horizontal bar chart of per-layer SQNR (dB), most sensitive layer on top.
+
+    Args:
+        layers: per-layer figures as in `LoadedModel.layers`: `sqnr_db` (the layer's output
+            against its float self) and, where sensitivity was ranked, `alone_sqnr_db` (the
+            model's output with only that layer quantized). Ranked by the latter when present.
+        title: the chart's title.
+
+    Returns:
+        PNG bytes, or None when there is no figure to plot.
+    """
+    ranked = sorted((item for item in layers.items() if item[1]), key=lambda kv: _rank_key(kv[1]))
+    ranked = ranked[:SHOWN_LAYERS]
+    if not ranked:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    series = [(key, label) for key, label in (
+        ("alone_sqnr_db", "model output, only this layer quantized"),
+        ("sqnr_db", "this layer's output vs float"))
+        if any(key in figures for _, figures in ranked)]
+    height = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.28 * len(ranked)))
+    for i, (key, label) in enumerate(series):
+        positions = [row + i * height for row in range(len(ranked))]
+        values = [figures.get(key, 0.0) for _, figures in ranked]
+        ax.barh(positions, values, height=height, label=label)
+    ax.set_yticks([row + height * (len(series) - 1) / 2 for row in range(len(ranked))])
+    kept = len(series) > 1  # ranked layers without their own SQNR were kept in float
+    ax.set_yticklabels([name + (" (kept in float)" if kept and "sqnr_db" not in figures else "")
+                        for name, figures in ranked], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("SQNR (dB), higher is closer to float")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
