@@ -40,6 +40,7 @@ from torch import nn
 
 from slimforge.compress import StepConfig, register_step
 from slimforge.compress.codes import KernelCache, int8_symmetric
+from slimforge.compress.fp8 import Float8Linear
 from slimforge.compress.torchao_int8 import TorchaoInt8Linear
 from slimforge.compress.weight_only import WeightOnlyInt4Linear, WeightOnlyInt8Linear
 from slimforge.errors import SlimforgeError
@@ -49,11 +50,12 @@ class QuantConfig(StepConfig):
     """How to quantize a model."""
 
     method: Literal["dynamic-int8", "torchao-int8-dynamic", "weight-only-int8",
-                    "weight-only-int4"] = "dynamic-int8"
+                    "weight-only-int4", "fp8"] = "dynamic-int8"
     """dynamic-int8: int8 weights and per-batch int8 activations by PyTorch's kernels
     (compute-bound encoders); torchao-int8-dynamic: the same through torchao, with per-token
     activation scales; weight-only-int8/-int4: only weights shrink (memory-bound LLM decode,
-    or bf16 compute on AMX CPUs)."""
+    or bf16 compute on AMX CPUs); fp8: float8 e4m3 weights and per-token activations, fast on
+    CUDA GPUs of compute capability 8.9+ (Hopper), emulated elsewhere."""
     granularity: Literal["per-channel", "per-tensor"] = "per-channel"
     """Weight scales: one per output channel (keeps MiniLM fidelity) or one per matrix."""
     skip: list[str] = Field(default_factory=list)
@@ -88,7 +90,7 @@ class QuantConfig(StepConfig):
         weight_only = self.method.startswith("weight-only")
         if self.dense_cache and not weight_only:
             raise ValueError("dense_cache applies to the weight-only methods only")
-        if self.granularity != "per-channel" and weight_only:
+        if self.granularity != "per-channel" and (weight_only or self.method == "fp8"):
             raise ValueError(f"{self.method} scales are per channel (int8) or per group "
                              "(int4); drop granularity")
         if self.kernel != "auto" and self.method != "dynamic-int8":
@@ -310,6 +312,8 @@ def _quantized(module: nn.Module, config: QuantConfig) -> nn.Module:
                  else WeightOnlyInt4Linear.from_float(module, config.group_size))
         layer.keep_dense.fill_(config.dense_cache)
         return layer
+    if config.method == "fp8":
+        return Float8Linear.from_float(module)
     per_channel = config.granularity == "per-channel"
     if config.method == "torchao-int8-dynamic":
         return TorchaoInt8Linear.from_float(module, per_channel)
@@ -325,30 +329,44 @@ def _placeholder(module: nn.Module, config: QuantConfig) -> nn.Module:
         return WeightOnlyInt8Linear(*shape)
     if config.method == "weight-only-int4":
         return WeightOnlyInt4Linear(*shape, config.group_size)
+    if config.method == "fp8":
+        return Float8Linear(*shape)
     channels = module.out_features if config.granularity == "per-channel" else 1
     if config.method == "torchao-int8-dynamic":
         return TorchaoInt8Linear(*shape, channels)
     return DynamicInt8Linear(*shape, channels)
 
 
-def _check_groups(targets: list[tuple[str, nn.Module]], config: QuantConfig) -> None:
-    if config.method != "weight-only-int4":
+def _shape_rule(config: QuantConfig) -> tuple[Any, str, str] | None:
+    """(does a Linear fit, what the kernel needs, the fix) for methods with shape limits."""
+    if config.method == "fp8":  # the GPU's fp8 GEMM works in tiles of 16
+        return (lambda m: m.in_features % 16 == 0 and m.out_features % 16 == 0,
+                "in_features and out_features must be multiples of 16", "add them to `skip`")
+    if config.method == "weight-only-int4":  # the CPU int4 kernel: 16-row tiles, whole groups
+        return (lambda m: m.in_features % config.group_size == 0 and m.out_features % 16 == 0,
+                "in_features must be a multiple of group_size and out_features a multiple "
+                "of 16", "use a group_size that divides their in_features, or add them to "
+                "`skip`")
+    return None
+
+
+def _check_shapes(targets: list[tuple[str, nn.Module]], config: QuantConfig) -> None:
+    rule = _shape_rule(config)
+    if rule is None:
         return
-    # PyTorch's int4 CPU kernel packs outputs in tiles of 16 and inputs in whole groups.
-    odd = [name for name, m in targets if isinstance(m, nn.Linear)
-           and (m.in_features % config.group_size or m.out_features % 16)]
+    fits, need, fix = rule
+    odd = [name for name, m in targets if isinstance(m, nn.Linear) and not fits(m)]
     if odd:
+        group = f" with group_size {config.group_size}" if "int4" in config.method else ""
         raise SlimforgeError(
-            f"weight-only-int4 with group_size {config.group_size} cannot pack "
-            f"{', '.join(odd[:5])}{' ...' if len(odd) > 5 else ''}: in_features must be a "
-            "multiple of group_size and out_features a multiple of 16.",
-            "use a group_size that divides their in_features, or add them to `skip`.")
+            f"{config.method}{group} cannot pack {', '.join(odd[:5])}"
+            f"{' ...' if len(odd) > 5 else ''}: {need}.", f"{fix}.")
 
 
 def _replace_modules(model: nn.Module, config: QuantConfig, with_values: bool) -> nn.Module:
     build = _quantized if with_values else _placeholder
     targets = _targets(model, config)
-    _check_groups(targets, config)
+    _check_shapes(targets, config)
     for name, module in targets:
         _swap(model, name, build(module, config))
     return model.to(compute_dtype(config))
