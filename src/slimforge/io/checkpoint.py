@@ -27,7 +27,8 @@ ONNX = "model.onnx"
 MODEL_META = "slimforge.json"
 FORMAT = "slimforge-run/1"
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
-TRACKED_PACKAGES = ("slimforge", "torch", "transformers", "tokenizers", "safetensors", "numpy")
+TRACKED_PACKAGES = ("slimforge", "torch", "torchao", "transformers", "tokenizers", "safetensors",
+                    "onnxruntime", "numpy")
 
 
 def sha256_file(path: Path) -> str:
