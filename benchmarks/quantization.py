@@ -1,8 +1,9 @@
 """Quantization side by side, in one run: MiniLM on CPU and SmolLM2 decode.
 
 MiniLM (`builtin:minilm`, 500 held-out paragraphs): torch fp32 (the anchor); slimforge's
-int8 artifacts (per-channel, int8 tables): dynamic int8 on fbgemm and on the kernel `auto`
-picks here (oneDNN where the CPU has AMX), with the most sensitive layer kept in float, the
+int8 artifacts (per-channel, int8 tables): dynamic int8 on fbgemm, on oneDNN and with the
+kernel `auto` picks here (by call size where the CPU has AMX), with the most sensitive layer
+kept in float, the
 torchao route (per-token activations), weight-only int8 computed in bf16, and fp8 (emulated
 on the CPU: its fidelity is what a Hopper GPU would give; its speed means nothing); ONNX Runtime
 fp32 and dynamic int8 per-channel on the fused graph. Fidelity against fp32; every variant
@@ -36,20 +37,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def minilm(limit: int, repeats: int) -> dict:
     from slimforge.bench.bench import BenchConfig, benchmark
     from slimforge.compress import apply_step
-    from slimforge.compress.quantize import int8_engine
+    from slimforge.compress.quantize import ONEDNN_FROM_ROWS, int8_engine
     from slimforge.evaluation.evaluate import EvalConfig, evaluate
     from slimforge.models.load import load_model
 
     base = load_model("builtin:minilm")
-    auto = int8_engine(full_range=True)
+    auto = (f"oneDNN from {ONEDNN_FROM_ROWS} rows, fbgemm below"
+            if int8_engine(full_range=True) == "onednn" else "fbgemm")
     eval_config = EvalConfig(limit=limit)
     bench_config = BenchConfig(repeats=repeats, rounds=4, throughput_repeats=24)
     reference = evaluate(base, config=eval_config)
     variants = {
         "slimforge dynamic int8, fbgemm kernel": {"step": "quantize", "kernel": "fbgemm"},
-        f"slimforge dynamic int8, {auto} kernel (auto)": {"step": "quantize"},
-        f"slimforge dynamic int8, {auto}, 1 layer in float": {"step": "quantize",
-                                                              "keep_float": 1},
+        "slimforge dynamic int8, oneDNN kernel": {"step": "quantize", "kernel": "onednn"},
+        f"slimforge dynamic int8, kernel auto ({auto})": {"step": "quantize"},
+        "slimforge dynamic int8, kernel auto, 1 layer in float": {"step": "quantize",
+                                                                  "keep_float": 1},
         "slimforge torchao int8, per-token activations (eager)": {
             "step": "quantize", "method": "torchao-int8-dynamic"},
         "slimforge weight-only int8, bf16 compute": {
@@ -145,11 +148,12 @@ def llamacpp_decode(gguf: str, tokens: int) -> float | None:
     if importlib.util.find_spec("llama_cpp") is None:
         from slimforge.compress.quantize import cpu_flags
 
-        env = dict(os.environ)
+        env, extra = dict(os.environ), []
         if "amx_tile" in cpu_flags():
             env["CMAKE_ARGS"] = NO_AMX
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "llama-cpp-python"],
-                       check=True, env=env)
+            extra = ["--no-cache-dir"]  # a cached wheel may be a native (AMX) build
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", *extra,
+                        "llama-cpp-python"], check=True, env=env)
     done = subprocess.run([sys.executable, "-c", _LLAMACPP_PROBE, gguf, str(tokens)],
                           capture_output=True, text=True, timeout=600, check=False)
     if done.returncode != 0:

@@ -2,8 +2,8 @@
 
 Owns: `QuantConfig`, `DynamicInt8Linear`, `Int8Embedding` and `quantize`. Dynamic int8 on every
 `nn.Linear`: weights stored as int8 with symmetric per-output-channel (or per-tensor) scales;
-activations quantized on the fly per batch by PyTorch's int8 kernels (oneDNN on AMX CPUs,
-fbgemm elsewhere; `int8_engine`). Embedding tables
+activations quantized on the fly per batch by PyTorch's int8 kernels (oneDNN on AMX CPUs for
+large calls, fbgemm elsewhere; `QuantConfig.kernel`). Embedding tables
 can be stored as int8 too (one scale per row, weight-only): they dominate an encoder's size.
 Every module's state is plain tensors, so it saves to safetensors and reloads without pickles;
 the kernel's packed form is rebuilt lazily. On CUDA the modules run dequantized (correct, not
@@ -70,8 +70,9 @@ class QuantConfig(StepConfig):
     activation_range: Literal["auto", "full", "reduced"] = "auto"
     """dynamic-int8: 8-bit (full) or 7-bit (reduced) activations; auto: full with VNNI."""
     kernel: Literal["auto", "fbgemm", "onednn"] = "auto"
-    """dynamic-int8: PyTorch's int8 GEMM. auto: oneDNN (AMX tiles) where the CPU has AMX
-    int8 and activations are 8-bit, fbgemm elsewhere. Stored in the model: the two kernels
+    """dynamic-int8: PyTorch's int8 GEMM. auto: where the CPU has AMX int8 and activations
+    are 8-bit, oneDNN (AMX tiles) for calls of `ONEDNN_FROM_ROWS` rows or more and fbgemm
+    for fewer (faster at batch 1); fbgemm everywhere else. Stored in the model: the kernels
     round activations slightly differently."""
     group_size: Literal[32, 64, 128, 256] = 32
     """weight-only-int4: input columns sharing one scale and zero."""
@@ -132,12 +133,17 @@ def cpu_has_amx_int8() -> bool:
     return "amx_int8" in cpu_flags()
 
 
-def int8_engine(full_range: bool) -> str:
-    """The PyTorch quantized engine `kernel: auto` picks for dynamic int8 on this CPU.
+ONEDNN_FROM_ROWS = 64
+"""Rows from which `kernel: auto` uses oneDNN on AMX CPUs. Measured per MiniLM layer on a
+2-core Xeon with AMX (docs/benchmarks.md): oneDNN 1.9-2.6x fbgemm at 4,096 rows, level at
+128, and slower at 32 rows, where fbgemm made batch-1 MiniLM 4.3 ms against 5.7."""
 
-    oneDNN runs int8 GEMMs on AMX tiles, about 2x fbgemm's VNNI kernel for MiniLM's layers at
-    4,096 rows (benchmarks/quantization.py); it takes 8-bit activations only, so 7-bit ones
-    and CPUs without AMX keep fbgemm.
+
+def int8_engine(full_range: bool) -> str:
+    """The PyTorch quantized engine `kernel: auto` picks for large calls on this CPU.
+
+    oneDNN runs int8 GEMMs on AMX tiles; it takes 8-bit activations only, so 7-bit ones and
+    CPUs without AMX keep fbgemm.
     """
     return "onednn" if full_range and cpu_has_amx_int8() else "fbgemm"
 
@@ -170,10 +176,11 @@ def _full_range(config: QuantConfig) -> bool:
         config.activation_range == "auto" and cpu_has_vnni())
 
 
-def _onednn(config: QuantConfig) -> bool:
+def _onednn_from_rows(config: QuantConfig) -> int:
+    """0: fbgemm always; N: oneDNN for calls of N rows or more, fbgemm below."""
     if config.kernel == "auto":
-        return int8_engine(_full_range(config)) == "onednn"
-    return config.kernel == "onednn"
+        return ONEDNN_FROM_ROWS if int8_engine(_full_range(config)) == "onednn" else 0
+    return 1 if config.kernel == "onednn" else 0
 
 
 class DynamicInt8Linear(KernelCache):
@@ -187,12 +194,13 @@ class DynamicInt8Linear(KernelCache):
         self.register_buffer("weight_scale", torch.ones(channels))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
         self.register_buffer("full_range", torch.tensor(False))
-        self.register_buffer("onednn", torch.tensor(False))  # else fbgemm
+        # 0: fbgemm for every call; N: oneDNN for calls of N rows or more (QuantConfig.kernel)
+        self.register_buffer("onednn_from_rows", torch.tensor(0))
 
     @classmethod
     def from_float(
         cls, linear: nn.Linear, per_channel: bool, full_range: bool = False,
-        onednn: bool = False,
+        onednn_from_rows: int = 0,
     ) -> DynamicInt8Linear:
         """Quantize a float Linear's weight symmetrically to int8 ([-127, 127])."""
         codes, scale = int8_symmetric(linear.weight, per_row=per_channel)
@@ -200,7 +208,7 @@ class DynamicInt8Linear(KernelCache):
         module.weight_int8.copy_(codes)
         module.weight_scale.copy_(scale)
         module.full_range.fill_(full_range)
-        module.onednn.fill_(onednn)
+        module.onednn_from_rows.fill_(onednn_from_rows)
         if linear.bias is not None:
             module.bias.copy_(linear.bias.detach().float())
         return module
@@ -209,13 +217,14 @@ class DynamicInt8Linear(KernelCache):
         """The float weight this module computes with (int8 times scale)."""
         return self.weight_int8.float() * self.weight_scale[:, None]
 
-    def _engine(self) -> str:
-        return "onednn" if bool(self.onednn) else "fbgemm"
+    def _engine(self, rows: int) -> str:
+        start = int(self.onednn_from_rows)
+        return "onednn" if start and rows >= start else "fbgemm"
 
     def _reduce_range(self) -> bool:
         return not (bool(self.full_range) and cpu_has_vnni())  # see the module docstring
 
-    def _pack(self) -> Any:
+    def _pack(self, engine: str) -> Any:
         q, scale = self.weight_int8.cpu(), self.weight_scale.double().cpu()
         # PyTorch warns that quantized-tensor constructors are deprecated; they remain the
         # entry to its packed int8 CPU GEMM, and the module's saved state never uses them.
@@ -227,7 +236,7 @@ class DynamicInt8Linear(KernelCache):
                 zeros = torch.zeros(len(scale), dtype=torch.long)
                 qweight = torch._make_per_channel_quantized_tensor(q, scale, zeros, 0)
         bias = None if self.bias is None else self.bias.float().cpu()
-        with _quantized_engine(self._engine()):
+        with _quantized_engine(engine):
             return torch.ops.quantized.linear_prepack(qweight, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -235,15 +244,19 @@ class DynamicInt8Linear(KernelCache):
             weight = self.dequantized_weight().to(x.dtype)
             bias = None if self.bias is None else self.bias.to(x.dtype)
             return nn.functional.linear(x, weight, bias)
-        packed = self.cached("packed", self._pack)
+        engine = self._engine(x.numel() // self.in_features)
+        packed = self.cached(engine, lambda: self._pack(engine))
         out = torch.ops.quantized.linear_dynamic(x.float(), packed, self._reduce_range())
         return out.to(x.dtype)
 
     def extra_repr(self) -> str:
         kind = "per-channel" if len(self.weight_scale) > 1 else "per-tensor"
         bits = "8-bit" if bool(self.full_range) else "7-bit"
+        start = int(self.onednn_from_rows)
+        kernel = ("fbgemm" if not start else "onednn" if start == 1
+                  else f"onednn from {start} rows, fbgemm below")
         return (f"in_features={self.in_features}, out_features={self.out_features}, {kind}, "
-                f"{bits} activations, {self._engine()} kernel")
+                f"{bits} activations, {kernel} kernel")
 
 
 class Int8Embedding(nn.Module):
@@ -318,7 +331,7 @@ def _quantized(module: nn.Module, config: QuantConfig) -> nn.Module:
     if config.method == "torchao-int8-dynamic":
         return TorchaoInt8Linear.from_float(module, per_channel)
     return DynamicInt8Linear.from_float(module, per_channel, _full_range(config),
-                                        _onednn(config))
+                                        _onednn_from_rows(config))
 
 
 def _placeholder(module: nn.Module, config: QuantConfig) -> nn.Module:

@@ -85,7 +85,7 @@ def test_packed_kernel_state_is_a_cache_not_state():
     q(torch.randn(2, 8))
     assert q._cache
     assert set(q.state_dict()) == {"weight_int8", "weight_scale", "bias", "full_range",
-                                   "onednn"}
+                                   "onednn_from_rows"}
     clone = pickle.loads(pickle.dumps(q))
     assert clone._cache == {}
     assert torch.equal(clone(torch.ones(1, 8)), q(torch.ones(1, 8)))
@@ -180,10 +180,27 @@ def test_the_chosen_kernel_is_stored_and_used(kernel):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 32))
     q = quantize(model, QuantConfig(kernel=kernel, activation_range="full"))
-    assert bool(q[0].onednn) == (kernel == "onednn")
+    assert int(q[0].onednn_from_rows) == (1 if kernel == "onednn" else 0)
     assert f"{kernel} kernel" in repr(q)
     x = torch.randn(8, 64)
     assert sqnr_db(model(x), q(x)) > 30
+    assert set(q[0]._cache) == {kernel}
+
+
+def test_auto_kernel_on_amx_switches_to_onednn_for_large_calls(monkeypatch):
+    from slimforge.compress import quantize as module
+
+    monkeypatch.setattr(module, "cpu_has_amx_int8", lambda: True)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32))
+    q = quantize(model, QuantConfig(activation_range="full"))
+    assert int(q[0].onednn_from_rows) == module.ONEDNN_FROM_ROWS
+    assert "onednn from 64 rows, fbgemm below" in repr(q)
+    small, large = torch.randn(2, 8, 64), torch.randn(4, 16, 64)  # 16 and 64 rows
+    assert sqnr_db(model(small), q(small)) > 30
+    assert set(q[0]._cache) == {"fbgemm"}
+    assert sqnr_db(model(large), q(large)) > 30
+    assert set(q[0]._cache) == {"fbgemm", "onednn"}
 
 
 def test_packing_leaves_the_process_engine_as_it_was():
