@@ -1,14 +1,13 @@
 """Quantization side by side, in one run: MiniLM on CPU and SmolLM2 decode.
 
 MiniLM (`builtin:minilm`, 500 held-out paragraphs): torch fp32 (the anchor); slimforge's
-int8 artifacts (per-channel, int8 tables): dynamic int8 on fbgemm, on oneDNN and with the
-kernel `auto` picks here (by call size where the CPU has AMX), with the most sensitive layer
-kept in float, the
-torchao route (per-token activations), weight-only int8 computed in bf16, and fp8 (emulated
-on the CPU: its fidelity is what a Hopper GPU would give; its speed means nothing); ONNX Runtime
-fp32 and dynamic int8 per-channel on the fused graph. Fidelity against fp32; every variant
-timed against fp32 in alternating rounds, and slimforge's best against ORT int8 in the same
-way.
+int8 artifacts (per-channel, int8 tables): dynamic int8 on fbgemm, on oneDNN, and with the
+kernel `auto` picks here (by call size where the CPU has AMX), also with the most sensitive
+layer kept in float; the torchao route (per-token activations); weight-only int8 computed in
+bf16; fp8 (emulated on the CPU: its fidelity is what a Hopper GPU would give, its speed
+means nothing); ONNX Runtime fp32 and dynamic int8 per-channel on the fused graph. Fidelity
+against fp32; every variant timed against fp32 in alternating rounds, and slimforge's best
+against ORT int8 in the same way.
 
 SmolLM2 (`builtin:smollm2`, held-out text): fp32, weight-only int8, weight-only int4 (group
 32): perplexity ratio to fp32, decode tokens/s at batch 1 against fp32 in alternating rounds,
