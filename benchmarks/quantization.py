@@ -3,11 +3,12 @@
 MiniLM (`builtin:minilm`, 500 held-out paragraphs): torch fp32 (the anchor); slimforge's
 int8 artifacts (per-channel, int8 tables): dynamic int8 on fbgemm, on oneDNN, and with the
 kernel `auto` picks here (by call size where the CPU has AMX), also with the most sensitive
-layer kept in float; the torchao route (per-token activations); weight-only int8 computed in
-bf16; fp8 (emulated on the CPU: its fidelity is what a Hopper GPU would give, its speed
-means nothing); ONNX Runtime fp32 and dynamic int8 per-channel on the fused graph. Fidelity
-against fp32; every variant timed against fp32 in alternating rounds, and slimforge's best
-against ORT int8 in the same way.
+layer kept in float; static int8 (activation ranges calibrated on the train split); the
+torchao route (per-token activations); weight-only int8 computed in bf16; fp8 (emulated on
+the CPU: its fidelity is what a Hopper GPU would give, its speed means nothing); ONNX Runtime
+fp32 and dynamic int8 per-channel on the fused graph. Fidelity against fp32; every variant
+timed against fp32 in alternating rounds, and slimforge's best against ORT int8 in the same
+way.
 
 SmolLM2 (`builtin:smollm2`, held-out text): fp32, weight-only int8, weight-only int4 (group
 32): perplexity ratio to fp32, decode tokens/s at batch 1 against fp32 in alternating rounds,
@@ -52,6 +53,8 @@ def minilm(limit: int, repeats: int) -> dict:
         f"slimforge dynamic int8, kernel auto ({auto})": {"step": "quantize"},
         "slimforge dynamic int8, kernel auto, 1 layer in float": {"step": "quantize",
                                                                   "keep_float": 1},
+        "slimforge static int8, calibrated on 32 train paragraphs": {
+            "step": "quantize", "method": "static-int8"},
         "slimforge torchao int8, per-token activations (eager)": {
             "step": "quantize", "method": "torchao-int8-dynamic"},
         "slimforge weight-only int8, bf16 compute": {

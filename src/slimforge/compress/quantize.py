@@ -41,6 +41,7 @@ from torch import nn
 from slimforge.compress import StepConfig, register_step
 from slimforge.compress.codes import KernelCache, int8_symmetric
 from slimforge.compress.fp8 import Float8Linear
+from slimforge.compress.static_int8 import StaticInt8Conv2d, StaticInt8Linear, calibrate_static
 from slimforge.compress.torchao_int8 import TorchaoInt8Linear
 from slimforge.compress.weight_only import WeightOnlyInt4Linear, WeightOnlyInt8Linear
 from slimforge.errors import SlimforgeError
@@ -49,10 +50,11 @@ from slimforge.errors import SlimforgeError
 class QuantConfig(StepConfig):
     """How to quantize a model."""
 
-    method: Literal["dynamic-int8", "torchao-int8-dynamic", "weight-only-int8",
+    method: Literal["dynamic-int8", "static-int8", "torchao-int8-dynamic", "weight-only-int8",
                     "weight-only-int4", "fp8"] = "dynamic-int8"
     """dynamic-int8: int8 weights and per-batch int8 activations by PyTorch's kernels
-    (compute-bound encoders); torchao-int8-dynamic: the same through torchao, with per-token
+    (compute-bound encoders); static-int8: int8 activations over ranges fixed by calibration,
+    for Linear and Conv2d layers; torchao-int8-dynamic: the same through torchao, with per-token
     activation scales; weight-only-int8/-int4: only weights shrink (memory-bound LLM decode,
     or bf16 compute on AMX CPUs); fp8: float8 e4m3 weights and per-token activations, fast on
     CUDA GPUs of compute capability 8.9+ (Hopper), emulated elsewhere."""
@@ -69,6 +71,11 @@ class QuantConfig(StepConfig):
     """Also store `nn.Embedding` tables as int8, one scale per row (weight-only)."""
     activation_range: Literal["auto", "full", "reduced"] = "auto"
     """dynamic-int8: 8-bit (full) or 7-bit (reduced) activations; auto: full with VNNI."""
+    activation_qparams: dict[str, list[float]] = Field(default_factory=dict)
+    """static-int8: per layer, the input's int8 scale and zero point (and the output's, for
+    Conv2d). Left empty, the step's `prepare` hook calibrates them on the calibration text
+    and records them here, so a replay needs no data; `calibrate_static` does it for any
+    model and inputs."""
     kernel: Literal["auto", "fbgemm", "onednn"] = "auto"
     """dynamic-int8: PyTorch's int8 GEMM. auto: where the CPU has AMX int8 and activations
     are 8-bit, oneDNN (AMX tiles) for calls of `ONEDNN_FROM_ROWS` rows or more and fbgemm
@@ -91,7 +98,8 @@ class QuantConfig(StepConfig):
         weight_only = self.method.startswith("weight-only")
         if self.dense_cache and not weight_only:
             raise ValueError("dense_cache applies to the weight-only methods only")
-        if self.granularity != "per-channel" and (weight_only or self.method == "fp8"):
+        fixed_channel = weight_only or self.method in ("fp8", "static-int8")
+        if self.granularity != "per-channel" and fixed_channel:
             raise ValueError(f"{self.method} scales are per channel (int8) or per group "
                              "(int4); drop granularity")
         if self.kernel != "auto" and self.method != "dynamic-int8":
@@ -99,9 +107,13 @@ class QuantConfig(StepConfig):
         if self.kernel == "onednn" and self.activation_range == "reduced":
             raise ValueError("the onednn kernel takes 8-bit activations; use fbgemm for "
                              "reduced (7-bit) ones")
-        if self.activation_range != "auto" and self.method != "dynamic-int8":
-            raise ValueError(f"activation_range applies to dynamic-int8 only; {self.method} "
-                             "keeps activations in float or quantizes them per token")
+        if self.activation_range != "auto" and self.method not in ("dynamic-int8",
+                                                                   "static-int8"):
+            raise ValueError(f"activation_range applies to dynamic-int8 and static-int8 only; "
+                             f"{self.method} keeps activations in float or quantizes them per "
+                             "token")
+        if self.activation_qparams and self.method != "static-int8":
+            raise ValueError("activation_qparams applies to static-int8 only")
         return self
 
 
@@ -298,7 +310,11 @@ def _matches(name: str, patterns: list[str]) -> bool:
 
 
 def _targets(model: nn.Module, config: QuantConfig) -> list[tuple[str, nn.Module]]:
-    kinds = (nn.Linear, nn.Embedding) if config.embeddings else (nn.Linear,)
+    kinds: tuple[type[nn.Module], ...] = (nn.Linear,)
+    if config.method == "static-int8":
+        kinds += (nn.Conv2d,)
+    if config.embeddings:
+        kinds += (nn.Embedding,)
     return [
         (name, module)
         for name, module in model.named_modules()
@@ -317,9 +333,22 @@ def _swap(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
-def _quantized(module: nn.Module, config: QuantConfig) -> nn.Module:
+def _static(name: str, module: nn.Module, config: QuantConfig) -> nn.Module:
+    qparams = config.activation_qparams.get(name)
+    if qparams is None:
+        raise SlimforgeError(
+            f"static-int8 has no calibrated activation range for {name}.",
+            "quantize through a recipe or apply_step (they calibrate), or pass "
+            "activation_qparams from slimforge.compress.static_int8.calibrate_static.")
+    layer = StaticInt8Conv2d if isinstance(module, nn.Conv2d) else StaticInt8Linear
+    return layer.from_float(module, qparams, _full_range(config))
+
+
+def _quantized(name: str, module: nn.Module, config: QuantConfig) -> nn.Module:
     if isinstance(module, nn.Embedding):
         return Int8Embedding.from_float(module)
+    if config.method == "static-int8":
+        return _static(name, module, config)
     if config.method.startswith("weight-only"):
         layer = (WeightOnlyInt8Linear.from_float(module) if config.method == "weight-only-int8"
                  else WeightOnlyInt4Linear.from_float(module, config.group_size))
@@ -334,9 +363,11 @@ def _quantized(module: nn.Module, config: QuantConfig) -> nn.Module:
                                         _onednn_from_rows(config))
 
 
-def _placeholder(module: nn.Module, config: QuantConfig) -> nn.Module:
+def _placeholder(name: str, module: nn.Module, config: QuantConfig) -> nn.Module:
     if isinstance(module, nn.Embedding):
         return Int8Embedding(module.num_embeddings, module.embedding_dim, module.padding_idx)
+    if isinstance(module, nn.Conv2d):
+        return StaticInt8Conv2d(module)
     shape = (module.in_features, module.out_features, module.bias is not None)
     if config.method == "weight-only-int8":
         return WeightOnlyInt8Linear(*shape)
@@ -344,6 +375,8 @@ def _placeholder(module: nn.Module, config: QuantConfig) -> nn.Module:
         return WeightOnlyInt4Linear(*shape, config.group_size)
     if config.method == "fp8":
         return Float8Linear(*shape)
+    if config.method == "static-int8":
+        return StaticInt8Linear(*shape)
     channels = module.out_features if config.granularity == "per-channel" else 1
     if config.method == "torchao-int8-dynamic":
         return TorchaoInt8Linear(*shape, channels)
@@ -381,7 +414,7 @@ def _replace_modules(model: nn.Module, config: QuantConfig, with_values: bool) -
     targets = _targets(model, config)
     _check_shapes(targets, config)
     for name, module in targets:
-        _swap(model, name, build(module, config))
+        _swap(model, name, build(name, module, config))
     return model.to(compute_dtype(config))
 
 
@@ -392,7 +425,15 @@ def _restructure(model: nn.Module, config: QuantConfig) -> nn.Module:
 def _prepare(loaded: Any, config: QuantConfig, calibration: Any) -> Any:
     # Imported here: sensitivity builds on quantize, so a top-level import would be circular.
     from slimforge.compress.sensitivity import keep_sensitive_in_float
+    from slimforge.models.tasks import tokenize
 
+    if config.method == "static-int8" and not config.activation_qparams:
+        texts = list(calibration)
+        batches = (tokenize(loaded, texts[i:i + 8], 128) for i in range(0, len(texts), 8))
+        layers = [name for name, m in _targets(loaded.model, config)
+                  if not isinstance(m, nn.Embedding)]
+        qparams = calibrate_static(loaded.model, layers, batches, _full_range(config))
+        config = config.model_copy(update={"activation_qparams": qparams})
     return keep_sensitive_in_float(loaded, config, calibration)
 
 

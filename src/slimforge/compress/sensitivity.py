@@ -94,6 +94,9 @@ def keep_sensitive_in_float(loaded: LoadedModel, config: QuantConfig,
                     {r.name: {"alone_sqnr_db": r.sqnr_db} for r in ranking})
 
 
+_MEASURED = (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv2d)
+
+
 class _SqnrMeter:
     """Accumulates signal and noise power of one layer's output against its float self."""
 
@@ -124,7 +127,7 @@ def layer_sqnr(loaded: LoadedModel, compressed: torch.nn.Module, texts: Sequence
     originals = dict(loaded.model.named_modules())
     meters = {name: _SqnrMeter(originals[name]) for name, module in compressed.named_modules()
               if name in originals and type(module) is not type(originals[name])
-              and isinstance(originals[name], torch.nn.Linear | torch.nn.Embedding)}
+              and isinstance(originals[name], _MEASURED)}
     handles = [compressed.get_submodule(name).register_forward_hook(meter)
                for name, meter in meters.items()]
     try:

@@ -1,9 +1,10 @@
 """Tiny seeded models built from a config, for tests, docs and dry runs.
 
-Owns: `byte_tokenizer`, `tiny_bert`, `tiny_llama`, `TinyMLP`. Nothing here downloads
+Owns: `byte_tokenizer`, `tiny_bert`, `tiny_llama`, `TinyMLP`, `TinyCNN`. Nothing here downloads
 anything: weights are random with a fixed seed, and the tokenizer maps each printable ASCII
 character to one id, so a test knows exactly what the model sees. They are also reachable as
-specs: `builtin:tiny-bert`, `builtin:tiny-llama`, `module:slimforge.models.tiny:TinyMLP`.
+specs: `builtin:tiny-bert`, `builtin:tiny-llama`, `module:slimforge.models.tiny:TinyMLP`,
+`module:slimforge.models.tiny:TinyCNN`.
 
     >>> model = tiny_bert(seed=0)
     >>> sum(p.numel() for p in model.parameters()) < 100_000
@@ -92,3 +93,23 @@ class TinyMLP(nn.Module):
     def example_inputs(self, batch_size: int = 1) -> tuple[torch.Tensor, ...]:
         """Inputs of the right shape, used by `benchmark` for models without a tokenizer."""
         return (torch.randn(batch_size, self.in_features),)
+
+
+class TinyCNN(nn.Module):
+    """Two 3x3 convolutions and a linear head over 3 x 16 x 16 images, 10 classes: the
+    convolutional case (static int8 quantizes Conv2d)."""
+
+    def __init__(self, channels: int = 16, classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, channels, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, stride=2, padding=1), nn.ReLU(),
+        )
+        self.head = nn.Linear(channels * 8 * 8, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).flatten(1))
+
+    def example_inputs(self, batch_size: int = 1) -> tuple[torch.Tensor, ...]:
+        """Inputs of the right shape, used by `benchmark` for models without a tokenizer."""
+        return (torch.randn(batch_size, 3, 16, 16),)

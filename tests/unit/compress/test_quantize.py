@@ -156,7 +156,7 @@ def test_full_range_activations_are_more_accurate_where_the_cpu_allows():
 @pytest.mark.parametrize(("options", "message"), [
     ({"method": "dynamic-int8", "dense_cache": True}, "dense_cache applies"),
     ({"method": "weight-only-int8", "granularity": "per-tensor"}, "drop granularity"),
-    ({"method": "torchao-int8-dynamic", "activation_range": "reduced"}, "dynamic-int8 only"),
+    ({"method": "torchao-int8-dynamic", "activation_range": "reduced"}, "static-int8 only"),
     ({"method": "weight-only-int4", "kernel": "fbgemm"}, "kernel applies"),
     ({"kernel": "onednn", "activation_range": "reduced"}, "use fbgemm"),
 ])
