@@ -66,7 +66,7 @@ def test_sensitivity_on_calibration_text_keeps_the_worst_layer_in_float(minilm):
 
 
 @pytest.mark.parametrize(("method", "cosine", "knn"), [
-    ("static-int8", 0.99, 0.9),            # measured 0.9939 / 0.934 on 200 paragraphs
+    ("static-int8", 0.99, 0.9),            # measured 0.9939 / 0.907 on 500 paragraphs
     ("weight-only-int8", 0.998, 0.95),     # measured 0.9994 / 0.970 on 500
     ("torchao-int8-dynamic", 0.995, 0.92),  # measured 0.9976 / 0.942 on 500
 ])
