@@ -1,9 +1,9 @@
 """How float weights become integer codes, and the kernel cache quantized layers share.
 
-Owns: `int8_symmetric` (codes in [-127, 127] with one scale per row or per matrix) and
-`KernelCache` (a module base whose kernel-specific packed form is rebuilt on demand and
-never saved, pickled or kept across a dtype or device change). The quantized layers in
-`quantize.py` and `weight_only.py` build on both.
+Owns: `int8_symmetric` (codes in [-127, 127] with one scale per row or per matrix), the
+int8-weight Linear state (`init_int8_linear`, `fill_int8_linear`) and `KernelCache` (a module
+base whose kernel-ready forms are rebuilt on demand and never saved, pickled or kept across a
+dtype or device change). The quantized layers of `compress/` build on them.
 """
 
 from __future__ import annotations
@@ -26,6 +26,27 @@ def int8_symmetric(weight: torch.Tensor, per_row: bool = True) -> tuple[torch.Te
     scale = (amax / 127.0).clamp(min=1e-12)
     codes = torch.clamp(torch.round(weight / scale[:, None]), -127, 127).to(torch.int8)
     return codes, scale
+
+
+def init_int8_linear(module: nn.Module, in_features: int, out_features: int, bias: bool,
+                     channels: int) -> None:
+    """Register the state every int8-weight Linear shares: `weight_int8` [out, in],
+    `weight_scale` (one per output channel, or one), and a float `bias` or None."""
+    module.in_features, module.out_features = in_features, out_features
+    module.register_buffer("weight_int8", torch.zeros(out_features, in_features,
+                                                      dtype=torch.int8))
+    module.register_buffer("weight_scale", torch.ones(channels))
+    module.register_buffer("bias", torch.zeros(out_features) if bias else None)
+
+
+def fill_int8_linear(module: nn.Module, linear: nn.Linear, per_channel: bool = True) -> None:
+    """Quantize `linear`'s weight symmetrically to int8 ([-127, 127]) into `module`'s state
+    (as registered by `init_int8_linear`), and copy its bias."""
+    codes, scale = int8_symmetric(linear.weight, per_row=per_channel)
+    module.weight_int8.copy_(codes)
+    module.weight_scale.copy_(scale)
+    if linear.bias is not None:
+        module.bias.copy_(linear.bias.detach())
 
 
 class KernelCache(nn.Module):

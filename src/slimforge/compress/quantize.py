@@ -39,7 +39,12 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from slimforge.compress import StepConfig, register_step
-from slimforge.compress.codes import KernelCache, int8_symmetric
+from slimforge.compress.codes import (
+    KernelCache,
+    fill_int8_linear,
+    init_int8_linear,
+    int8_symmetric,
+)
 from slimforge.compress.fp8 import Float8Linear
 from slimforge.compress.static_int8 import StaticInt8Conv2d, StaticInt8Linear, calibrate_static
 from slimforge.compress.torchao_int8 import TorchaoInt8Linear
@@ -200,11 +205,7 @@ class DynamicInt8Linear(KernelCache):
 
     def __init__(self, in_features: int, out_features: int, bias: bool, channels: int) -> None:
         super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        weight = torch.zeros(out_features, in_features, dtype=torch.int8)
-        self.register_buffer("weight_int8", weight)
-        self.register_buffer("weight_scale", torch.ones(channels))
-        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        init_int8_linear(self, in_features, out_features, bias, channels)
         self.register_buffer("full_range", torch.tensor(False))
         # 0: fbgemm for every call; N: oneDNN for calls of N rows or more (QuantConfig.kernel)
         self.register_buffer("onednn_from_rows", torch.tensor(0))
@@ -215,14 +216,11 @@ class DynamicInt8Linear(KernelCache):
         onednn_from_rows: int = 0,
     ) -> DynamicInt8Linear:
         """Quantize a float Linear's weight symmetrically to int8 ([-127, 127])."""
-        codes, scale = int8_symmetric(linear.weight, per_row=per_channel)
-        module = cls(linear.in_features, linear.out_features, linear.bias is not None, len(scale))
-        module.weight_int8.copy_(codes)
-        module.weight_scale.copy_(scale)
+        module = cls(linear.in_features, linear.out_features, linear.bias is not None,
+                     linear.out_features if per_channel else 1)
+        fill_int8_linear(module, linear, per_channel)
         module.full_range.fill_(full_range)
         module.onednn_from_rows.fill_(onednn_from_rows)
-        if linear.bias is not None:
-            module.bias.copy_(linear.bias.detach().float())
         return module
 
     def dequantized_weight(self) -> torch.Tensor:

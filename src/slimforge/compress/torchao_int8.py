@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimforge.compress.codes import KernelCache, int8_symmetric
+from slimforge.compress.codes import KernelCache, fill_int8_linear, init_int8_linear
 from slimforge.errors import SlimforgeError
 
 
@@ -42,21 +42,14 @@ class TorchaoInt8Linear(KernelCache):
 
     def __init__(self, in_features: int, out_features: int, bias: bool, channels: int) -> None:
         super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        weight = torch.zeros(out_features, in_features, dtype=torch.int8)
-        self.register_buffer("weight_int8", weight)
-        self.register_buffer("weight_scale", torch.ones(channels))
-        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        init_int8_linear(self, in_features, out_features, bias, channels)
 
     @classmethod
     def from_float(cls, linear: nn.Linear, per_channel: bool) -> TorchaoInt8Linear:
         """Quantize a float Linear's weight symmetrically to int8 ([-127, 127])."""
-        codes, scale = int8_symmetric(linear.weight, per_row=per_channel)
-        module = cls(linear.in_features, linear.out_features, linear.bias is not None, len(scale))
-        module.weight_int8.copy_(codes)
-        module.weight_scale.copy_(scale)
-        if linear.bias is not None:
-            module.bias.copy_(linear.bias.detach())
+        module = cls(linear.in_features, linear.out_features, linear.bias is not None,
+                     linear.out_features if per_channel else 1)
+        fill_int8_linear(module, linear, per_channel)
         return module
 
     def dequantized_weight(self) -> torch.Tensor:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from slimforge.compress.codes import KernelCache, int8_symmetric
+from slimforge.compress.codes import KernelCache, fill_int8_linear, init_int8_linear
 
 DENSE_FROM_ROWS = 16
 
@@ -62,21 +62,13 @@ class WeightOnlyInt8Linear(_WeightOnlyLinear):
 
     def __init__(self, in_features: int, out_features: int, bias: bool) -> None:
         super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        weight = torch.zeros(out_features, in_features, dtype=torch.int8)
-        self.register_buffer("weight_int8", weight)
-        self.register_buffer("weight_scale", torch.ones(out_features))
-        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        init_int8_linear(self, in_features, out_features, bias, out_features)
 
     @classmethod
     def from_float(cls, linear: nn.Linear) -> WeightOnlyInt8Linear:
         """Quantize a float Linear's weight per output channel to int8 ([-127, 127])."""
-        codes, scale = int8_symmetric(linear.weight)
         module = cls(linear.in_features, linear.out_features, linear.bias is not None)
-        module.weight_int8.copy_(codes)
-        module.weight_scale.copy_(scale)
-        if linear.bias is not None:
-            module.bias.copy_(linear.bias.detach())
+        fill_int8_linear(module, linear)
         return module
 
     def dequantized_weight(self) -> torch.Tensor:
