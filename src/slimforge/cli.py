@@ -212,3 +212,56 @@ def optimize(
                                        "p50_ms": s["bench"]["p50_ms"],
                                        "size_mb": s["bench"]["size_mb"]}
                            for s in summary["stages"]}})
+
+
+@app.command()
+@friendly
+def serve(
+    spec: str = typer.Argument(..., help=SPEC_HELP),
+    host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0: every one)"),
+    port: int = typer.Option(8000, help="TCP port"),
+    task: str = typer.Option(None, help="override the guessed task"),
+    model_name: str = typer.Option(None, help="the model id clients send (default: SPEC)"),
+    max_batch_size: int = typer.Option(None, help="most inputs per model call"),
+    max_wait_ms: float = typer.Option(None, help="longest an input waits for company"),
+    max_queue: int = typer.Option(None, help="most inputs waiting; beyond: 429"),
+    max_batch_tokens: int = typer.Option(None, help="token budget of one model call"),
+    max_inputs: int = typer.Option(None, help="most inputs per request; beyond: 422"),
+    max_input_tokens: int = typer.Option(None, help="longest input in tokens; beyond: 422"),
+    truncate: bool = typer.Option(None, help="cut long inputs instead of refusing them"),
+    max_body_bytes: int = typer.Option(None, help="largest request body; beyond: 413"),
+    request_timeout_s: float = typer.Option(None, help="answer within this or 504"),
+    drain_timeout_s: float = typer.Option(None, help="on SIGTERM, time to finish requests"),
+    threads: int = typer.Option(None, help="intra-op threads"),
+) -> None:
+    """Serve a model over HTTP: OpenAI-compatible endpoints, dynamic batching, /metrics.
+
+    API keys come from the SLIMFORGE_API_KEYS environment variable (comma-separated), never
+    from the command line, where other users of the machine could read them.
+    """
+    import os
+
+    from pydantic import ValidationError
+
+    from slimforge.errors import RecipeError
+    from slimforge.serve.app import ServeConfig
+    from slimforge.serve.batcher import BatchConfig
+    from slimforge.serve.server import serve as run_server
+
+    keys = [k.strip() for k in os.environ.get("SLIMFORGE_API_KEYS", "").split(",") if k.strip()]
+    try:
+        config = ServeConfig(
+            api_keys=keys, batch=BatchConfig(**_options(
+                max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                max_batch_tokens=max_batch_tokens)),
+            **_options(model_name=model_name, max_inputs=max_inputs,
+                       max_input_tokens=max_input_tokens, truncate=truncate,
+                       max_body_bytes=max_body_bytes, request_timeout_s=request_timeout_s,
+                       drain_timeout_s=drain_timeout_s))
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise RecipeError(f"Bad server option: {problems}.", "see slimforge serve --help.") \
+            from None
+    console.print(f"serving {spec} on http://{host}:{port} "
+                  f"({'API keys required' if keys else 'no authentication'})")
+    run_server(spec, config, host=host, port=port, task=task, threads=threads)

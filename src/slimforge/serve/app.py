@@ -1,0 +1,385 @@
+"""`create_app(loaded, config) -> FastAPI`: the inference server.
+
+Owns: `ServeConfig`, `create_app` and the HTTP contract: OpenAI-compatible `/v1/embeddings`
+and `/v1/models`, `/v1/predict` (classifiers and custom models), `/healthz`, `/readyz` and
+`/metrics`. Every input goes through the dynamic batcher (`batcher.py`); every response
+carries `X-Request-ID` and `X-Process-Time`; every error is one JSON object in OpenAI's shape
+(`{"error": {"message", "type", "code"}}`) with the status that names it: 401 bad or missing
+key, 404 unknown model, 413 body too large, 422 malformed, empty, too many or too long
+inputs, 429 queue full (with `Retry-After`), 503 draining, 504 deadline passed. No stack trace
+reaches a client. API keys are compared in constant time (`hmac.compare_digest`) against every
+configured key. `/healthz`, `/readyz` and `/metrics` need no key (probes and scrapers).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hmac
+import logging
+import math
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from slimforge.models.tasks import LoadedModel, pool, tokenize
+from slimforge.serve.batcher import BatchConfig, DrainingError, DynamicBatcher, QueueFullError
+from slimforge.serve.metrics import ServerMetrics
+
+log = logging.getLogger("slimforge.serve")
+UNAUTHENTICATED = ("/healthz", "/readyz", "/metrics")
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class ServeConfig(BaseModel):
+    """How the server batches, limits and authenticates."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model_name: str | None = None
+    """The id clients send as `model`; default: the spec the model was loaded from."""
+    api_keys: list[str] = Field(default_factory=list)
+    """Accepted bearer keys; empty: no authentication."""
+    batch: BatchConfig = BatchConfig()
+    max_body_bytes: int = Field(1 << 20, ge=1)
+    """Largest request body (413 beyond)."""
+    max_inputs: int = Field(256, ge=1)
+    """Most inputs in one request (422 beyond)."""
+    max_input_tokens: int = Field(256, ge=1)
+    """Longest input in tokens, special tokens included (422 beyond, unless `truncate`)."""
+    truncate: bool = False
+    """Cut inputs longer than `max_input_tokens` instead of refusing them."""
+    request_timeout_s: float = Field(30.0, gt=0)
+    """A request not answered by then gets 504."""
+    drain_timeout_s: float = Field(30.0, ge=0)
+    """On shutdown, how long accepted requests may take to finish."""
+
+
+class ApiError(Exception):
+    """An error with the HTTP status and OpenAI error type that name it."""
+
+    def __init__(self, status: int, message: str, kind: str, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.kind, self.code = status, message, kind, code
+        self.headers = headers or {}
+
+
+class EmbeddingRequest(BaseModel):
+    """OpenAI's embeddings request (text inputs)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    input: str | list[str]
+    model: str
+    encoding_format: Literal["float", "base64"] = "float"
+    user: str | None = None
+
+
+class PredictRequest(BaseModel):
+    """Inputs for a classifier (texts) or a custom model (lists of numbers)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: list[str] | list[list[float]]
+    model: str | None = None
+
+
+def _error_body(message: str, kind: str, code: str | None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
+def _authorized(header: str | None, keys: list[str]) -> bool:
+    if not keys:
+        return True
+    scheme, _, token = (header or "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return False
+    # Compare against every key, without stopping at a match, each in constant time.
+    matches = [hmac.compare_digest(token.encode(), key.encode()) for key in keys]
+    return any(matches)
+
+
+class _BodyLimit:
+    """ASGI middleware: 413 for a body over the limit, declared or streamed."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._reject(scope, send)
+            return
+        seen = 0
+
+        async def limited() -> dict:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise ApiError(413, f"Request body over {self.limit} bytes.",
+                               "invalid_request_error", "body_too_large")
+            return message
+
+        await self.app(scope, limited, send)
+
+    async def _reject(self, scope: dict, send: Any) -> None:
+        response = JSONResponse(_error_body(
+            f"Request body over {self.limit} bytes; send fewer or shorter inputs.",
+            "invalid_request_error", "body_too_large"), status_code=413)
+        await response(scope, None, send)
+
+
+class _Server:
+    """The model, its batcher and metrics, and what the handlers need of them."""
+
+    def __init__(self, loaded: LoadedModel, config: ServeConfig, model_info: dict[str, str]):
+        self.loaded, self.config = loaded, config
+        self.name = config.model_name or loaded.spec
+        self.metrics = ServerMetrics(model_info)
+        self.batcher = DynamicBatcher(self._run_batch, config.batch, self.metrics.observe_batch)
+        self.ready = False
+
+    @torch.inference_mode()
+    def _run_batch(self, payloads: list[Any]) -> list[Any]:
+        if self.loaded.task == "embedding":
+            batch = tokenize(self.loaded, payloads, self.config.max_input_tokens)
+            hidden = self.loaded.model(**batch).last_hidden_state
+            vectors = pool(hidden, batch["attention_mask"], self.loaded.pooling)
+            return list(vectors.float().cpu().numpy())
+        if self.loaded.task == "classification":
+            logits = self.loaded.model(**tokenize(self.loaded, payloads,
+                                                  self.config.max_input_tokens)).logits
+            return list(logits.float().cpu().numpy())
+        out = self.loaded.model(torch.tensor(payloads, dtype=torch.float32))
+        return list(out.float().cpu().numpy())
+
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """Tokens per text (special tokens included); 422 for one too long, unless truncating."""
+        ids = self.loaded.tokenizer(texts, add_special_tokens=True)["input_ids"]
+        counts = [len(x) for x in ids]
+        limit = self.config.max_input_tokens
+        too_long = [i for i, n in enumerate(counts) if n > limit]
+        if too_long and not self.config.truncate:
+            raise ApiError(422, f"Input {too_long[0]} has {counts[too_long[0]]} tokens; this "
+                           f"server takes at most {limit} per input.",
+                           "invalid_request_error", "input_too_long")
+        return [min(n, limit) for n in counts]
+
+    def check_model(self, name: str | None) -> None:
+        if name is not None and name != self.name:
+            raise ApiError(404, f"The model {name!r} is not served here; this server serves "
+                           f"{self.name!r}.", "invalid_request_error", "model_not_found")
+
+    def check_inputs(self, inputs: list[Any]) -> None:
+        if not inputs:
+            raise ApiError(422, "The input is empty; send at least one input.",
+                           "invalid_request_error", "empty_input")
+        if len(inputs) > self.config.max_inputs:
+            raise ApiError(422, f"{len(inputs)} inputs in one request; this server takes at "
+                           f"most {self.config.max_inputs}.", "invalid_request_error",
+                           "too_many_inputs")
+        if any(isinstance(x, str) and not x.strip() for x in inputs):
+            raise ApiError(422, "An input is an empty string.", "invalid_request_error",
+                           "empty_input")
+
+    async def run(self, payloads: list[Any], tokens: list[int]) -> list[Any]:
+        """Batch the inputs through the model; map the batcher's refusals to API errors."""
+        self.metrics.queue_depth.set(self.batcher.depth)
+        try:
+            return await self.batcher.submit(payloads, tokens, self.config.request_timeout_s)
+        except QueueFullError as full:
+            self.metrics.rejected.labels("queue_full").inc()
+            retry = max(1, math.ceil(full.retry_after_s))
+            raise ApiError(429, f"The server is at capacity; retry after {retry} s.",
+                           "rate_limit_error", "queue_full",
+                           {"Retry-After": str(retry)}) from None
+        except DrainingError:
+            self.metrics.rejected.labels("draining").inc()
+            raise ApiError(503, "The server is shutting down.", "server_error",
+                           "draining") from None
+        except TimeoutError:
+            self.metrics.rejected.labels("deadline").inc()
+            raise ApiError(504, f"No answer within {self.config.request_timeout_s} s.",
+                           "timeout_error", "deadline_exceeded") from None
+        finally:
+            self.metrics.queue_depth.set(self.batcher.depth)
+
+
+    async def embeddings(self, body: EmbeddingRequest) -> dict[str, Any]:
+        """POST /v1/embeddings."""
+        self.check_model(body.model)
+        if self.loaded.task != "embedding":
+            raise ApiError(404, f"{self.name} is a {self.loaded.task} model; it serves no "
+                           "embeddings.", "invalid_request_error", "wrong_endpoint")
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        self.check_inputs(texts)
+        tokens = self.token_counts(texts)
+        self.metrics.tokens_in.inc(sum(tokens))
+        vectors = await self.run(texts, tokens)
+        return {"object": "list", "model": self.name,
+                "data": [{"object": "embedding", "index": i,
+                          "embedding": _encode(v, body.encoding_format)}
+                         for i, v in enumerate(vectors)],
+                "usage": {"prompt_tokens": sum(tokens), "total_tokens": sum(tokens)}}
+
+    async def predict(self, body: PredictRequest) -> dict[str, Any]:
+        """POST /v1/predict: classifier logits or a custom model's outputs."""
+        self.check_model(body.model)
+        if self.loaded.task not in ("classification", "custom"):
+            raise ApiError(404, f"{self.name} is a {self.loaded.task} model; use its "
+                           "OpenAI endpoint.", "invalid_request_error", "wrong_endpoint")
+        self.check_inputs(body.inputs)
+        texts = self.loaded.task == "classification"
+        if texts != all(isinstance(x, str) for x in body.inputs):
+            raise ApiError(422, "A classifier takes texts; a custom model takes lists of "
+                           "numbers.", "invalid_request_error", "invalid_input_type")
+        tokens = self.token_counts(list(body.inputs)) if texts else [1] * len(body.inputs)
+        if texts:
+            self.metrics.tokens_in.inc(sum(tokens))
+        outputs = await self.run(list(body.inputs), tokens)
+        return {"model": self.name, "outputs": [o.tolist() for o in outputs]}
+
+
+def _encode(vector: np.ndarray, encoding: str) -> list[float] | str:
+    if encoding == "base64":
+        return base64.b64encode(vector.astype("<f4").tobytes()).decode()
+    return vector.tolist()
+
+
+def create_app(loaded: LoadedModel, config: ServeConfig | None = None,
+               model_info: dict[str, str] | None = None) -> FastAPI:
+    """A FastAPI app serving `loaded`; mount it in your own app or run it with uvicorn.
+
+    Args:
+        loaded: the model (an artifact or any spec, loaded).
+        config: batching, limits and keys.
+        model_info: labels for `slimforge_model_info` (spec, variant, sha256).
+    """
+    config = config or ServeConfig()
+    info = model_info or {"spec": loaded.spec, "task": loaded.task,
+                          "variant": "+".join(s["step"] for s in loaded.steps) or "base"}
+    server = _Server(loaded, config, info)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        server.batcher.start()
+        server.ready = True
+        yield
+        server.ready = False  # /readyz says 503 from here on; new requests get 503
+        finished = await server.batcher.drain(config.drain_timeout_s)
+        log.info("drained %s", "every accepted request" if finished else "until the timeout")
+
+    app = FastAPI(title="slimforge serve", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.server = server
+    _install_handlers(app, server)
+    _install_routes(app, server)
+    app.add_middleware(_BodyLimit, limit=config.max_body_bytes)
+    return app
+
+
+def _route_name(request: Request) -> str:
+    route = request.scope.get("route")
+    return getattr(route, "path", "other")
+
+
+def _install_handlers(app: FastAPI, server: _Server) -> None:
+    @app.middleware("http")
+    async def envelope(request: Request, call_next: Any) -> Response:
+        start = time.perf_counter()
+        given = request.headers.get("x-request-id", "")
+        request_id = given if REQUEST_ID.match(given) else uuid.uuid4().hex
+        request.state.request_id = request_id
+        server.metrics.in_flight.inc()
+        try:
+            if request.url.path not in UNAUTHENTICATED and not _authorized(
+                    request.headers.get("authorization"), server.config.api_keys):
+                response: Response = _error(ApiError(
+                    401, "Missing or wrong API key; send `Authorization: Bearer KEY`.",
+                    "authentication_error", "invalid_api_key"))
+            else:
+                response = await call_next(request)
+        except ApiError as exc:  # raised below the router, e.g. by the body limit
+            response = _error(exc)
+        finally:
+            server.metrics.in_flight.dec()
+        elapsed = time.perf_counter() - start
+        endpoint, status = _route_name(request), str(response.status_code)
+        server.metrics.requests.labels(endpoint, status).inc()
+        server.metrics.duration.labels(endpoint, status).observe(elapsed)
+        response.headers["X-Request-ID"] = request_id
+        response.headers["X-Process-Time"] = f"{elapsed:.6f}"
+        return response
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'][1:])) or 'body'}: {e['msg']}"
+                             for e in exc.errors()[:5])
+        return _error(ApiError(422, f"Malformed request: {problems}.",
+                               "invalid_request_error", "invalid_body"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(ApiError(exc.status_code, str(exc.detail), "invalid_request_error"))
+
+    @app.exception_handler(Exception)
+    async def crash(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("request %s failed", getattr(request.state, "request_id", "?"))
+        return _error(ApiError(500, "Internal error; the server log has the details.",
+                               "server_error"))
+
+
+def _error(exc: ApiError) -> JSONResponse:
+    return JSONResponse(_error_body(exc.message, exc.kind, exc.code), status_code=exc.status,
+                        headers=exc.headers)
+
+
+def _install_routes(app: FastAPI, server: _Server) -> None:
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        if not server.ready:
+            return JSONResponse({"status": "not ready: starting or draining"}, status_code=503)
+        if server.batcher.saturated:
+            return JSONResponse({"status": "not ready: queue full"}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        server.metrics.queue_depth.set(server.batcher.depth)
+        return Response(server.metrics.exposition(),
+                        media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": server.name, "object": "model",
+                                            "created": 0, "owned_by": "slimforge"}]}
+
+    @app.post("/v1/embeddings")
+    async def embeddings(body: EmbeddingRequest) -> dict[str, Any]:
+        return await server.embeddings(body)
+
+    @app.post("/v1/predict")
+    async def predict(body: PredictRequest) -> dict[str, Any]:
+        return await server.predict(body)

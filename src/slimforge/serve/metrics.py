@@ -1,0 +1,68 @@
+"""The server's Prometheus metrics, on an explicit registry.
+
+Owns: `ServerMetrics`. Naming follows Prometheus' rules: the `slimforge_` prefix, no colons,
+base units in the name (`_seconds`, `_bytes`), counters ending in `_total`, histograms rather
+than summaries (they aggregate across replicas). `slimforge_model_info` carries the artifact's
+spec, variant (its compression steps) and sha256, so a compressed and an uncompressed replica
+can be told apart on one dashboard. Process CPU and memory come from prometheus-client's
+process collector.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+    generate_latest,
+)
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class ServerMetrics:
+    """Every metric the server exports, registered on its own registry."""
+
+    def __init__(self, model_info: dict[str, str]) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        ProcessCollector(registry=r)
+        self.requests = Counter("slimforge_requests", "Requests answered",
+                                ["endpoint", "status"], registry=r)
+        self.duration = Histogram("slimforge_request_duration_seconds",
+                                  "Time from request received to response sent",
+                                  ["endpoint", "status"], buckets=LATENCY_BUCKETS, registry=r)
+        self.in_flight = Gauge("slimforge_requests_in_flight", "Requests being handled",
+                               registry=r)
+        self.queue_depth = Gauge("slimforge_queue_depth", "Inputs waiting for a batch",
+                                 registry=r)
+        self.batch_size = Histogram("slimforge_batch_size", "Inputs per model call",
+                                    buckets=BATCH_BUCKETS, registry=r)
+        self.queue_time = Histogram("slimforge_queue_time_seconds",
+                                    "Time an input waited before its batch ran",
+                                    buckets=LATENCY_BUCKETS, registry=r)
+        self.tokens_in = Counter("slimforge_input_tokens", "Tokens received", registry=r)
+        self.tokens_out = Counter("slimforge_output_tokens", "Tokens generated", registry=r)
+        self.ttft = Histogram("slimforge_time_to_first_token_seconds",
+                              "Generation: request received to first token",
+                              buckets=LATENCY_BUCKETS, registry=r)
+        self.inter_token = Histogram("slimforge_inter_token_latency_seconds",
+                                     "Generation: time between consecutive tokens",
+                                     buckets=LATENCY_BUCKETS, registry=r)
+        self.rejected = Counter("slimforge_rejected_requests",
+                                "Requests refused before running", ["reason"], registry=r)
+        Info("slimforge_model", "The served model", registry=r).info(model_info)
+
+    def observe_batch(self, items: int, tokens: int, queue_seconds: list[float]) -> None:
+        """Record one model call (the batcher's `on_batch` hook)."""
+        self.batch_size.observe(items)
+        for seconds in queue_seconds:
+            self.queue_time.observe(seconds)
+
+    def exposition(self) -> bytes:
+        """The text exposition format of every metric."""
+        return generate_latest(self.registry)

@@ -1,0 +1,205 @@
+"""`slimforge serve` as users run it: a real uvicorn process on 127.0.0.1, real HTTP, the
+official `openai` client, and real Prometheus exposition parsed by prometheus-client."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+KEY = "sk-test-Secret_1"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    def __init__(self, spec: str, *args: str, keys: str = "") -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "SLIMFORGE_API_KEYS": keys, "HF_HUB_OFFLINE": "1"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "slimforge", "serve", spec, "--port", str(self.port),
+             "--threads", "1", *args], env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {self.process.stderr.read()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("server did not become ready")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=60)
+
+
+def _server(spec: str, *args: str, keys: str = "") -> Iterator[Server]:
+    server = Server(spec, *args, keys=keys)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Iterator[Server]:
+    yield from _server("builtin:tiny-bert", "--max-inputs", "8", "--max-input-tokens", "64",
+                       "--max-body-bytes", "4096", keys=f"other-key,{KEY}")
+
+
+@pytest.fixture(scope="module")
+def minilm_server() -> Iterator[Server]:
+    yield from _server("builtin:minilm", "--model-name", "all-MiniLM-L6-v2")
+
+
+def _post(server: Server, body: dict, key: str | None = KEY, **headers: str) -> httpx.Response:
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    return httpx.post(f"{server.url}/v1/embeddings", json=body, headers=headers, timeout=30)
+
+
+def test_openai_client_gets_real_minilm_embeddings(minilm_server):
+    import numpy as np
+    from openai import OpenAI
+
+    from slimforge.models.load import load_model
+    from slimforge.models.tasks import embed
+
+    client = OpenAI(base_url=f"{minilm_server.url}/v1", api_key="unused")
+    texts = ["Return the sum of the numbers.", "Open the file and read every line of it."]
+    result = client.embeddings.create(model="all-MiniLM-L6-v2", input=texts)
+    got = np.array([d.embedding for d in result.data])
+    assert got.shape == (2, 384)
+    expected = embed(load_model("builtin:minilm"), texts).numpy()
+    assert np.allclose(got, expected, atol=1e-4)
+    assert result.usage.prompt_tokens > 10
+    assert [m.id for m in client.models.list().data] == ["all-MiniLM-L6-v2"]
+
+
+def test_every_response_carries_a_request_id_and_process_time(tiny):
+    response = _post(tiny, {"model": "builtin:tiny-bert", "input": "hello"},
+                     **{"X-Request-ID": "abc-123"})
+    assert response.status_code == 200
+    assert response.headers["x-request-id"] == "abc-123"
+    assert float(response.headers["x-process-time"]) > 0
+    generated = httpx.get(f"{tiny.url}/healthz").headers["x-request-id"]
+    assert len(generated) == 32
+
+
+@pytest.mark.parametrize(("body", "key", "status", "code"), [
+    ({"model": "builtin:tiny-bert", "input": "x"}, None, 401, "invalid_api_key"),
+    ({"model": "builtin:tiny-bert", "input": "x"}, "sk-test-secret_1", 401, "invalid_api_key"),
+    ({"model": "gpt-4", "input": "x"}, KEY, 404, "model_not_found"),
+    ({"model": "builtin:tiny-bert", "input": []}, KEY, 422, "empty_input"),
+    ({"model": "builtin:tiny-bert", "input": ""}, KEY, 422, "empty_input"),
+    ({"model": "builtin:tiny-bert", "input": ["a"] * 9}, KEY, 422, "too_many_inputs"),
+    ({"model": "builtin:tiny-bert", "input": "word " * 70}, KEY, 422, "input_too_long"),
+    ({"model": "builtin:tiny-bert", "input": 42}, KEY, 422, "invalid_body"),
+    ({"input": "x"}, KEY, 422, "invalid_body"),
+    ({"model": "builtin:tiny-bert", "input": "x" * 5000}, KEY, 413, "body_too_large"),
+])
+def test_bad_requests_get_their_exact_status_and_a_json_error(tiny, body, key, status, code):
+    response = _post(tiny, body, key=key)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert "Traceback" not in response.text
+
+
+def test_keys_are_case_sensitive_and_probes_need_none(tiny):
+    assert _post(tiny, {"model": "builtin:tiny-bert", "input": "x"},
+                 key=KEY.upper()).status_code == 401
+    assert _post(tiny, {"model": "builtin:tiny-bert", "input": "x"},
+                 key="other-key").status_code == 200
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert httpx.get(f"{tiny.url}{path}").status_code == 200
+
+
+def test_metrics_follow_prometheus_naming_and_count_requests(tiny):
+    _post(tiny, {"model": "builtin:tiny-bert", "input": ["one", "two"]})
+    text = httpx.get(f"{tiny.url}/metrics").text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for name in families:
+        assert ":" not in name
+        assert name.startswith(("slimforge_", "process_")), name
+    assert families["slimforge_request_duration_seconds"].type == "histogram"
+    assert families["slimforge_batch_size"].type == "histogram"
+    assert families["slimforge_requests"].type == "counter"  # exposed as _total samples
+    assert "slimforge_requests_total{" in text
+    ok = [s for s in families["slimforge_requests"].samples
+          if s.name == "slimforge_requests_total" and s.labels["endpoint"] == "/v1/embeddings"
+          and s.labels["status"] == "200"]
+    assert ok
+    assert ok[0].value >= 1
+    info = families["slimforge_model_info"].samples[0].labels
+    assert info["spec"] == "builtin:tiny-bert"
+    assert info["variant"] == "base"
+    assert families["slimforge_input_tokens"].samples[0].value > 0
+
+
+def test_overload_gets_429_with_retry_after_fast_and_no_5xx():
+    server = Server("builtin:tiny-bert", "--max-queue", "4", "--max-batch-size", "2",
+                    "--max-wait-ms", "20")
+    try:
+        async def burst():
+            async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+                body = {"model": "builtin:tiny-bert", "input": ["a b c", "d e f"]}
+                return await asyncio.gather(*(client.post("/v1/embeddings", json=body)
+                                              for _ in range(40)))
+
+        responses = asyncio.run(burst())
+    finally:
+        server.stop()
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) <= {200, 429}
+    refused = [r for r in responses if r.status_code == 429]
+    assert refused
+    assert statuses.count(200) >= 2
+    assert all(int(r.headers["retry-after"]) >= 1 for r in refused)
+    assert all(float(r.headers["x-process-time"]) < 0.05 for r in refused)
+
+
+def test_sigterm_finishes_every_accepted_request():
+    server = Server("builtin:tiny-bert", "--max-wait-ms", "400", "--max-batch-size", "64")
+
+    async def load_then_stop():
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            body = {"model": "builtin:tiny-bert", "input": "drain me"}
+            pending = [asyncio.ensure_future(client.post("/v1/embeddings", json=body))
+                       for _ in range(20)]
+            await asyncio.sleep(0.2)  # accepted and queued: the batch waits 400 ms
+            server.process.send_signal(signal.SIGTERM)
+            return await asyncio.gather(*pending)
+
+    responses = asyncio.run(load_then_stop())
+    assert [r.status_code for r in responses] == [200] * 20
+    # uvicorn drains, then re-raises the signal it caught: the exit is SIGTERM's own
+    assert server.process.wait(timeout=60) in (0, -signal.SIGTERM)
+    assert "Traceback" not in server.process.stderr.read()
+
+
+def test_a_bad_server_option_is_one_line_and_exit_2():
+    done = subprocess.run([sys.executable, "-m", "slimforge", "serve", "builtin:tiny-bert",
+                           "--max-batch-size", "0"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "Bad server option: max_batch_size" in done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
