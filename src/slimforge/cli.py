@@ -265,3 +265,34 @@ def serve(
     console.print(f"serving {spec} on http://{host}:{port} "
                   f"({'API keys required' if keys else 'no authentication'})")
     run_server(spec, config, host=host, port=port, task=task, threads=threads)
+
+
+@app.command()
+@friendly
+def loadtest(
+    url: str = typer.Argument(..., help="the server's base URL, e.g. http://127.0.0.1:8000"),
+    model: str = typer.Option(..., help="the model id to send"),
+    concurrency: int = typer.Option(64, help="clients sending back to back"),
+    requests: int = typer.Option(None, help="stop after this many (default 1,000)"),
+    duration_s: float = typer.Option(None, help="stop after this many seconds"),
+    texts_per_request: int = typer.Option(1, help="inputs per request"),
+    data: str = typer.Option("builtin:stdlib-docs", help="where the texts come from"),
+) -> None:
+    """Send bounded concurrent embedding requests and report QPS, latency and errors.
+
+    The API key, if the server needs one, comes from SLIMFORGE_API_KEY.
+    """
+    import asyncio
+    import os
+
+    from slimforge.serve.loadtest import LoadConfig, corpus_payloads
+    from slimforge.serve.loadtest import loadtest as run_loadtest
+
+    config = LoadConfig(concurrency=concurrency, requests=requests, duration_s=duration_s,
+                        api_key=os.environ.get("SLIMFORGE_API_KEY") or None)
+    result = asyncio.run(run_loadtest(url, corpus_payloads(model, texts_per_request, data=data),
+                                      config))
+    _table(f"slimforge loadtest {url}", ("figure", "value"),
+           [[k, f"{v:.4g}" if isinstance(v, float) else str(v)]
+            for k, v in result.to_json().items()])
+    _json_line(result.to_json())

@@ -203,3 +203,23 @@ def test_a_bad_server_option_is_one_line_and_exit_2():
     assert done.returncode == 2
     assert "Bad server option: max_batch_size" in done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_loadtest_command_reports_qps_latency_and_statuses():
+    server = Server("builtin:tiny-bert", "--truncate", keys=KEY)  # corpus paragraphs are long
+    env = {**os.environ, "SLIMFORGE_API_KEY": KEY}
+    try:
+        done = subprocess.run([sys.executable, "-m", "slimforge", "loadtest", server.url,
+                               "--model", "builtin:tiny-bert", "--concurrency", "4",
+                               "--requests", "40"], capture_output=True, text=True,
+                              timeout=120, env=env)
+    finally:
+        server.stop()
+    assert done.returncode == 0, done.stderr
+    import json
+
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["requests"] == 40
+    assert result["statuses"] == {"200": 40}
+    assert result["qps"] > 0
+    assert 0 < result["p50_ms"] <= result["p95_ms"] <= result["p99_ms"]
