@@ -223,3 +223,20 @@ def test_loadtest_command_reports_qps_latency_and_statuses():
     assert result["statuses"] == {"200": 40}
     assert result["qps"] > 0
     assert 0 < result["p50_ms"] <= result["p95_ms"] <= result["p99_ms"]
+
+
+def test_predict_serves_a_custom_module_and_refuses_texts():
+    server = Server("module:slimforge.models.tiny:TinyMLP")
+    try:
+        ok = httpx.post(f"{server.url}/v1/predict", json={"inputs": [[0.5] * 16, [1.0] * 16]})
+        wrong = httpx.post(f"{server.url}/v1/predict", json={"inputs": ["a text"]})
+        embeddings = _post(server, {"model": "x", "input": "t"}, key=None)
+    finally:
+        server.stop()
+    assert ok.status_code == 200, ok.text
+    outputs = ok.json()["outputs"]
+    assert len(outputs) == 2
+    assert len(outputs[0]) == 4
+    assert wrong.status_code == 422
+    assert wrong.json()["error"]["code"] == "invalid_input_type"
+    assert embeddings.status_code == 404

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hmac
+import json
 import logging
 import math
 import re
@@ -32,7 +33,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from slimforge.models.tasks import LoadedModel, pool, tokenize
+from slimforge.models.tasks import LoadedModel, pool
 from slimforge.serve.batcher import BatchConfig, DrainingError, DynamicBatcher, QueueFullError
 from slimforge.serve.metrics import ServerMetrics
 
@@ -156,29 +157,33 @@ class _Server:
 
     @torch.inference_mode()
     def _run_batch(self, payloads: list[Any]) -> list[Any]:
-        if self.loaded.task == "embedding":
-            batch = tokenize(self.loaded, payloads, self.config.max_input_tokens)
-            hidden = self.loaded.model(**batch).last_hidden_state
-            vectors = pool(hidden, batch["attention_mask"], self.loaded.pooling)
+        if self.loaded.tokenizer is not None:  # payloads: token ids
+            batch = self.loaded.tokenizer.pad({"input_ids": payloads}, return_tensors="pt")
+            batch = {k: v.to(self.loaded.device) for k, v in batch.items()}
+            out = self.loaded.model(**batch)
+            if self.loaded.task != "embedding":
+                return list(out.logits.float().cpu().numpy())
+            vectors = pool(out.last_hidden_state, batch["attention_mask"], self.loaded.pooling)
             return list(vectors.float().cpu().numpy())
-        if self.loaded.task == "classification":
-            logits = self.loaded.model(**tokenize(self.loaded, payloads,
-                                                  self.config.max_input_tokens)).logits
-            return list(logits.float().cpu().numpy())
         out = self.loaded.model(torch.tensor(payloads, dtype=torch.float32))
         return list(out.float().cpu().numpy())
 
-    def token_counts(self, texts: list[str]) -> list[int]:
-        """Tokens per text (special tokens included); 422 for one too long, unless truncating."""
-        ids = self.loaded.tokenizer(texts, add_special_tokens=True)["input_ids"]
-        counts = [len(x) for x in ids]
-        limit = self.config.max_input_tokens
-        too_long = [i for i, n in enumerate(counts) if n > limit]
+    def token_ids(self, texts: list[str]) -> list[list[int]]:
+        """Each text's token ids (special tokens included), tokenized once here and batched
+        as ids; 422 for a text over `max_input_tokens`, unless the server truncates."""
+        tokenizer, limit = self.loaded.tokenizer, self.config.max_input_tokens
+        ids = tokenizer(texts, add_special_tokens=True)["input_ids"]
+        too_long = [i for i, x in enumerate(ids) if len(x) > limit]
         if too_long and not self.config.truncate:
-            raise ApiError(422, f"Input {too_long[0]} has {counts[too_long[0]]} tokens; this "
+            raise ApiError(422, f"Input {too_long[0]} has {len(ids[too_long[0]])} tokens; this "
                            f"server takes at most {limit} per input.",
                            "invalid_request_error", "input_too_long")
-        return [min(n, limit) for n in counts]
+        if too_long:  # cut properly: the special tokens at the end survive
+            cut = tokenizer([texts[i] for i in too_long], add_special_tokens=True,
+                            truncation=True, max_length=limit)["input_ids"]
+            for i, x in zip(too_long, cut, strict=True):
+                ids[i] = x
+        return ids
 
     def check_model(self, name: str | None) -> None:
         if name is not None and name != self.name:
@@ -220,7 +225,7 @@ class _Server:
             self.metrics.queue_depth.set(self.batcher.depth)
 
 
-    async def embeddings(self, body: EmbeddingRequest) -> dict[str, Any]:
+    async def embeddings(self, body: EmbeddingRequest) -> Response:
         """POST /v1/embeddings."""
         self.check_model(body.model)
         if self.loaded.task != "embedding":
@@ -228,31 +233,38 @@ class _Server:
                            "embeddings.", "invalid_request_error", "wrong_endpoint")
         texts = [body.input] if isinstance(body.input, str) else body.input
         self.check_inputs(texts)
-        tokens = self.token_counts(texts)
+        ids = self.token_ids(texts)
+        tokens = [len(x) for x in ids]
         self.metrics.tokens_in.inc(sum(tokens))
-        vectors = await self.run(texts, tokens)
-        return {"object": "list", "model": self.name,
-                "data": [{"object": "embedding", "index": i,
-                          "embedding": _encode(v, body.encoding_format)}
-                         for i, v in enumerate(vectors)],
-                "usage": {"prompt_tokens": sum(tokens), "total_tokens": sum(tokens)}}
+        vectors = await self.run(ids, tokens)
+        return _json({"object": "list", "model": self.name,
+                      "data": [{"object": "embedding", "index": i,
+                                "embedding": _encode(v, body.encoding_format)}
+                               for i, v in enumerate(vectors)],
+                      "usage": {"prompt_tokens": sum(tokens), "total_tokens": sum(tokens)}})
 
-    async def predict(self, body: PredictRequest) -> dict[str, Any]:
+    async def predict(self, body: PredictRequest) -> Response:
         """POST /v1/predict: classifier logits or a custom model's outputs."""
         self.check_model(body.model)
         if self.loaded.task not in ("classification", "custom"):
             raise ApiError(404, f"{self.name} is a {self.loaded.task} model; use its "
                            "OpenAI endpoint.", "invalid_request_error", "wrong_endpoint")
         self.check_inputs(body.inputs)
-        texts = self.loaded.task == "classification"
+        texts = self.loaded.tokenizer is not None
         if texts != all(isinstance(x, str) for x in body.inputs):
-            raise ApiError(422, "A classifier takes texts; a custom model takes lists of "
-                           "numbers.", "invalid_request_error", "invalid_input_type")
-        tokens = self.token_counts(list(body.inputs)) if texts else [1] * len(body.inputs)
+            raise ApiError(422, "A model with a tokenizer takes texts; a plain module takes "
+                           "lists of numbers.", "invalid_request_error", "invalid_input_type")
+        payloads: list[Any] = self.token_ids(list(body.inputs)) if texts else list(body.inputs)
+        tokens = [len(x) for x in payloads] if texts else [1] * len(payloads)
         if texts:
             self.metrics.tokens_in.inc(sum(tokens))
-        outputs = await self.run(list(body.inputs), tokens)
-        return {"model": self.name, "outputs": [o.tolist() for o in outputs]}
+        outputs = await self.run(payloads, tokens)
+        return _json({"model": self.name, "outputs": [o.tolist() for o in outputs]})
+
+
+def _json(content: dict[str, Any]) -> Response:
+    # Plain json.dumps: FastAPI's default encoder walks every float of every vector in Python.
+    return Response(json.dumps(content), media_type="application/json")
 
 
 def _encode(vector: np.ndarray, encoding: str) -> list[float] | str:
@@ -377,9 +389,9 @@ def _install_routes(app: FastAPI, server: _Server) -> None:
                                             "created": 0, "owned_by": "slimforge"}]}
 
     @app.post("/v1/embeddings")
-    async def embeddings(body: EmbeddingRequest) -> dict[str, Any]:
+    async def embeddings(body: EmbeddingRequest) -> Response:
         return await server.embeddings(body)
 
     @app.post("/v1/predict")
-    async def predict(body: PredictRequest) -> dict[str, Any]:
+    async def predict(body: PredictRequest) -> Response:
         return await server.predict(body)
