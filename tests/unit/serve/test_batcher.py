@@ -141,3 +141,11 @@ def test_a_failing_batch_fails_its_requests_not_the_batcher():
         return await batcher.submit(["b"], [1], 5)
 
     assert _run(_with(batcher, go())) == ["b"]
+
+
+def test_free_memory_is_released_where_the_c_library_is_glibc():
+    import platform
+
+    from slimforge.serve.memory import release_free_memory
+
+    assert release_free_memory() is (platform.libc_ver()[0] == "glibc")
