@@ -230,11 +230,15 @@ def serve(
     max_input_tokens: int = typer.Option(None, help="longest input in tokens; beyond: 422"),
     truncate: bool = typer.Option(None, help="cut long inputs instead of refusing them"),
     max_body_bytes: int = typer.Option(None, help="largest request body; beyond: 413"),
+    max_tokens: int = typer.Option(None, help="generation: cap on max_tokens; beyond: 422"),
     request_timeout_s: float = typer.Option(None, help="answer within this or 504"),
     drain_timeout_s: float = typer.Option(None, help="on SIGTERM, time to finish requests"),
     threads: int = typer.Option(None, help="intra-op threads"),
 ) -> None:
     """Serve a model over HTTP: OpenAI-compatible endpoints, dynamic batching, /metrics.
+
+    Generation (/v1/completions, /v1/chat/completions, streamed or whole) runs one request at
+    a time in arrival order; embeddings and predictions are batched.
 
     API keys come from the SLIMFORGE_API_KEYS environment variable (comma-separated), never
     from the command line, where other users of the machine could read them.
@@ -256,7 +260,8 @@ def serve(
                 max_batch_tokens=max_batch_tokens)),
             **_options(model_name=model_name, max_inputs=max_inputs,
                        max_input_tokens=max_input_tokens, truncate=truncate,
-                       max_body_bytes=max_body_bytes, request_timeout_s=request_timeout_s,
+                       max_body_bytes=max_body_bytes, max_tokens=max_tokens,
+                       request_timeout_s=request_timeout_s,
                        drain_timeout_s=drain_timeout_s))
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())

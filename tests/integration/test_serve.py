@@ -240,3 +240,72 @@ def test_predict_serves_a_custom_module_and_refuses_texts():
     assert wrong.status_code == 422
     assert wrong.json()["error"]["code"] == "invalid_input_type"
     assert embeddings.status_code == 404
+
+
+@pytest.fixture(scope="module")
+def tiny_llm() -> Iterator[Server]:
+    yield from _server("builtin:tiny-llama", "--max-tokens", "32")
+
+
+def test_completions_whole_and_streamed_agree_under_greedy_decoding(tiny_llm):
+    import json
+
+    body = {"model": "builtin:tiny-llama", "prompt": "Hello there", "max_tokens": 12,
+            "temperature": 0}
+    whole = httpx.post(f"{tiny_llm.url}/v1/completions", json=body, timeout=60)
+    assert whole.status_code == 200, whole.text
+    result = whole.json()
+    assert result["object"] == "text_completion"
+    assert result["usage"]["completion_tokens"] <= 12
+    pieces, finish = [], None
+    with httpx.stream("POST", f"{tiny_llm.url}/v1/completions", json={**body, "stream": True},
+                      timeout=60) as streamed:
+        assert streamed.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in streamed.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    for line in lines[:-1]:
+        choice = json.loads(line.removeprefix("data: "))["choices"][0]
+        pieces.append(choice["text"])
+        finish = choice["finish_reason"] or finish
+    assert "".join(pieces) == result["choices"][0]["text"]
+    assert finish == result["choices"][0]["finish_reason"]
+    metrics = httpx.get(f"{tiny_llm.url}/metrics").text
+    assert "slimforge_time_to_first_token_seconds_count" in metrics
+
+
+@pytest.mark.parametrize(("path", "body", "status", "code"), [
+    ("/v1/completions", {"model": "builtin:tiny-llama", "prompt": "x", "max_tokens": 33},
+     422, "max_tokens_too_large"),
+    ("/v1/completions", {"model": "builtin:tiny-llama", "prompt": "  "}, 422, "empty_input"),
+    ("/v1/completions", {"model": "other", "prompt": "x"}, 404, "model_not_found"),
+    ("/v1/embeddings", {"model": "builtin:tiny-llama", "input": "x"}, 404, "wrong_endpoint"),
+    ("/v1/chat/completions", {"model": "builtin:tiny-llama", "messages": []}, 422,
+     "invalid_body"),
+])
+def test_generation_refusals(tiny_llm, path, body, status, code):
+    response = httpx.post(f"{tiny_llm.url}{path}", json=body, timeout=60)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code
+
+
+def test_openai_client_streams_a_chat_completion_from_smollm2():
+    from openai import OpenAI
+
+    server = Server("builtin:smollm2", "--model-name", "smollm2")
+    try:
+        client = OpenAI(base_url=f"{server.url}/v1", api_key="unused")
+        stream = client.chat.completions.create(
+            model="smollm2", stream=True, max_tokens=24, temperature=0,
+            messages=[{"role": "user", "content": "What is the capital of France?"}])
+        chunks = list(stream)
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        whole = client.chat.completions.create(
+            model="smollm2", max_tokens=24, temperature=0,
+            messages=[{"role": "user", "content": "What is the capital of France?"}])
+    finally:
+        server.stop()
+    assert len(chunks) > 3
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    assert "Paris" in text
+    assert whole.choices[0].message.content == text
+    assert whole.usage.completion_tokens <= 24

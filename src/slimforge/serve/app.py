@@ -29,12 +29,13 @@ import numpy as np
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from slimforge.models.tasks import LoadedModel, pool
 from slimforge.serve.batcher import BatchConfig, DrainingError, DynamicBatcher, QueueFullError
+from slimforge.serve.generate import GenerationRequest, Generator, GeneratorBusyError
 from slimforge.serve.memory import release_free_memory
 from slimforge.serve.metrics import ServerMetrics
 
@@ -67,6 +68,8 @@ class ServeConfig(BaseModel):
     """Longest input in tokens, special tokens included (422 beyond, unless `truncate`)."""
     truncate: bool = False
     """Cut inputs longer than `max_input_tokens` instead of refusing them."""
+    max_tokens: int = Field(256, ge=1)
+    """Generation: the cap on `max_tokens` a request may ask for."""
     request_timeout_s: float = Field(30.0, gt=0)
     """A request not answered by then gets 504."""
     drain_timeout_s: float = Field(30.0, ge=0)
@@ -92,6 +95,44 @@ class EmbeddingRequest(BaseModel):
     model: str
     encoding_format: Literal["float", "base64"] = "float"
     user: str | None = None
+
+
+class ChatMessage(BaseModel):
+    """One chat turn."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class CompletionRequest(BaseModel):
+    """OpenAI's completions request (one text prompt)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    prompt: str
+    max_tokens: int = Field(16, ge=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    stream: bool = False
+    seed: int | None = None
+
+
+class ChatRequest(BaseModel):
+    """OpenAI's chat completions request."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    stream: bool = False
+    seed: int | None = None
 
 
 class PredictRequest(BaseModel):
@@ -162,6 +203,8 @@ class _Server:
         self.batcher = DynamicBatcher(self._run_batch, config.batch, self.metrics.observe_batch)
         self.ready = False
         self._batches = 0
+        self.generator = (Generator(loaded, self.metrics, config.batch.max_queue)
+                          if loaded.task == "causal-lm" else None)
 
     @torch.inference_mode()
     def _run_batch(self, payloads: list[Any]) -> list[Any]:
@@ -274,6 +317,115 @@ class _Server:
         return _json({"model": self.name, "outputs": [o.tolist() for o in outputs]})
 
 
+    def _prompt_ids(self, prompt: str, max_tokens: int) -> list[int]:
+        if self.generator is None:
+            raise ApiError(404, f"{self.name} is a {self.loaded.task} model; it does not "
+                           "generate text.", "invalid_request_error", "wrong_endpoint")
+        if not prompt.strip():
+            raise ApiError(422, "The prompt is empty.", "invalid_request_error", "empty_input")
+        if max_tokens > self.config.max_tokens:
+            raise ApiError(422, f"max_tokens {max_tokens} is over this server's cap of "
+                           f"{self.config.max_tokens}.", "invalid_request_error",
+                           "max_tokens_too_large")
+        ids = self.loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        context = getattr(getattr(self.loaded.model, "config", None),
+                          "max_position_embeddings", None) or 2048
+        if len(ids) + max_tokens > context:
+            raise ApiError(422, f"The prompt has {len(ids)} tokens; with max_tokens "
+                           f"{max_tokens} that is over the model's context of {context}.",
+                           "invalid_request_error", "input_too_long")
+        self.metrics.tokens_in.inc(len(ids))
+        return ids
+
+    async def completions(self, body: CompletionRequest, received: float) -> Response:
+        """POST /v1/completions."""
+        self.check_model(body.model)
+        ids = self._prompt_ids(body.prompt, body.max_tokens)
+        return await self._generate(ids, body.max_tokens, body, received, chat=False)
+
+    async def chat(self, body: ChatRequest, received: float) -> Response:
+        """POST /v1/chat/completions: the prompt is the tokenizer's chat template."""
+        self.check_model(body.model)
+        max_tokens = body.max_completion_tokens or body.max_tokens or 16
+        if self.generator is None:
+            self._prompt_ids("-", max_tokens)  # raises: not a generator
+        prompt = self.loaded.tokenizer.apply_chat_template(
+            [m.model_dump() for m in body.messages], tokenize=False,
+            add_generation_prompt=True)
+        ids = self._prompt_ids(prompt, max_tokens)
+        return await self._generate(ids, max_tokens, body, received, chat=True)
+
+    async def _generate(self, ids: list[int], max_tokens: int, body: Any, received: float,
+                        chat: bool) -> Response:
+        request = GenerationRequest(ids, max_tokens, body.temperature, body.top_p, body.seed)
+        events = self.generator.stream(request, received)
+        try:
+            first = await anext(events)
+        except GeneratorBusyError:
+            self.metrics.rejected.labels("queue_full").inc()
+            raise ApiError(429, "The server is at capacity; retry after 1 s.",
+                           "rate_limit_error", "queue_full", {"Retry-After": "1"}) from None
+        envelope = _Envelope(self.name, chat, len(ids))
+        if body.stream:
+            return StreamingResponse(envelope.sse(first, events),
+                                     media_type="text/event-stream")
+        return _json(await envelope.whole(first, events))
+
+
+class _Envelope:
+    """OpenAI's response shapes for one generation, whole or as server-sent events."""
+
+    def __init__(self, model: str, chat: bool, prompt_tokens: int) -> None:
+        self.model, self.chat, self.prompt_tokens = model, chat, prompt_tokens
+        self.id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+
+    def _usage(self, completion: int) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
+                "total_tokens": self.prompt_tokens + completion}
+
+    def _head(self, stream: bool) -> dict[str, Any]:
+        kind = ("chat.completion" if self.chat else "text_completion") + (
+            ".chunk" if stream and self.chat else "")
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
+
+    def _choice(self, text: str | None, finish: str | None, stream: bool) -> dict[str, Any]:
+        if not self.chat:
+            return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+        if stream:
+            delta = {} if text is None else {"role": "assistant", "content": text}
+            return {"index": 0, "delta": delta, "finish_reason": finish}
+        return {"index": 0, "message": {"role": "assistant", "content": text or ""},
+                "finish_reason": finish}
+
+    async def whole(self, first: tuple[str, Any], rest: AsyncIterator) -> dict[str, Any]:
+        pieces, finish, count = [], "length", 0
+        async for kind, value in _chain(first, rest):
+            if kind == "text":
+                pieces.append(value)
+            else:
+                finish, count = value
+        return {**self._head(False), "choices": [self._choice("".join(pieces), finish, False)],
+                "usage": self._usage(count)}
+
+    async def sse(self, first: tuple[str, Any], rest: AsyncIterator) -> AsyncIterator[str]:
+        async for kind, value in _chain(first, rest):
+            if kind == "text":
+                chunk = {**self._head(True), "choices": [self._choice(value, None, True)]}
+            else:
+                finish, count = value
+                chunk = {**self._head(True), "choices": [self._choice(None, finish, True)],
+                         "usage": self._usage(count)}
+            yield f"data: {json.dumps(chunk)}\n\n"
+        yield "data: [DONE]\n\n"
+
+
+async def _chain(first: tuple[str, Any], rest: AsyncIterator) -> AsyncIterator[tuple[str, Any]]:
+    yield first
+    async for event in rest:
+        yield event
+
+
 def _json(content: dict[str, Any]) -> Response:
     # Plain json.dumps: FastAPI's default encoder walks every float of every vector in Python.
     return Response(json.dumps(content), media_type="application/json")
@@ -306,6 +458,8 @@ def create_app(loaded: LoadedModel, config: ServeConfig | None = None,
         yield
         server.ready = False  # /readyz says 503 from here on; new requests get 503
         finished = await server.batcher.drain(config.drain_timeout_s)
+        if server.generator is not None:
+            server.generator.close()
         log.info("drained %s", "every accepted request" if finished else "until the timeout")
 
     app = FastAPI(title="slimforge serve", lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -377,6 +531,11 @@ def _error(exc: ApiError) -> JSONResponse:
 
 
 def _install_routes(app: FastAPI, server: _Server) -> None:
+    _install_probes(app, server)
+    _install_inference(app, server)
+
+
+def _install_probes(app: FastAPI, server: _Server) -> None:
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "alive"}
@@ -395,6 +554,8 @@ def _install_routes(app: FastAPI, server: _Server) -> None:
         return Response(server.metrics.exposition(),
                         media_type="text/plain; version=0.0.4; charset=utf-8")
 
+
+def _install_inference(app: FastAPI, server: _Server) -> None:
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": [{"id": server.name, "object": "model",
@@ -403,6 +564,14 @@ def _install_routes(app: FastAPI, server: _Server) -> None:
     @app.post("/v1/embeddings")
     async def embeddings(body: EmbeddingRequest) -> Response:
         return await server.embeddings(body)
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest) -> Response:
+        return await server.completions(body, time.monotonic())
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatRequest) -> Response:
+        return await server.chat(body, time.monotonic())
 
     @app.post("/v1/predict")
     async def predict(body: PredictRequest) -> Response:
