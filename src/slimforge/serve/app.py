@@ -106,33 +106,31 @@ class ChatMessage(BaseModel):
     content: str
 
 
-class CompletionRequest(BaseModel):
-    """OpenAI's completions request (one text prompt)."""
+class _SamplingRequest(BaseModel):
+    """What every generation request shares: the model and how to pick tokens."""
 
     model_config = ConfigDict(extra="ignore")
 
     model: str
-    prompt: str
-    max_tokens: int = Field(16, ge=1)
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     stream: bool = False
     seed: int | None = None
 
 
-class ChatRequest(BaseModel):
+class CompletionRequest(_SamplingRequest):
+    """OpenAI's completions request (one text prompt)."""
+
+    prompt: str
+    max_tokens: int = Field(16, ge=1)
+
+
+class ChatRequest(_SamplingRequest):
     """OpenAI's chat completions request."""
 
-    model_config = ConfigDict(extra="ignore")
-
-    model: str
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
-    stream: bool = False
-    seed: int | None = None
 
 
 class PredictRequest(BaseModel):
@@ -317,10 +315,13 @@ class _Server:
         return _json({"model": self.name, "outputs": [o.tolist() for o in outputs]})
 
 
-    def _prompt_ids(self, prompt: str, max_tokens: int) -> list[int]:
+    def _require_generator(self) -> None:
         if self.generator is None:
             raise ApiError(404, f"{self.name} is a {self.loaded.task} model; it does not "
                            "generate text.", "invalid_request_error", "wrong_endpoint")
+
+    def _prompt_ids(self, prompt: str, max_tokens: int) -> list[int]:
+        self._require_generator()
         if not prompt.strip():
             raise ApiError(422, "The prompt is empty.", "invalid_request_error", "empty_input")
         if max_tokens > self.config.max_tokens:
@@ -347,8 +348,7 @@ class _Server:
         """POST /v1/chat/completions: the prompt is the tokenizer's chat template."""
         self.check_model(body.model)
         max_tokens = body.max_completion_tokens or body.max_tokens or 16
-        if self.generator is None:
-            self._prompt_ids("-", max_tokens)  # raises: not a generator
+        self._require_generator()
         prompt = self.loaded.tokenizer.apply_chat_template(
             [m.model_dump() for m in body.messages], tokenize=False,
             add_generation_prompt=True)
