@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import statistics
 import time
-import warnings
 
 import torch
 
@@ -33,10 +32,9 @@ def _ms(fn, calls: int) -> float:
 
 
 def _packed(codes: torch.Tensor, scale: torch.Tensor, engine: str):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        qweight = torch._make_per_channel_quantized_tensor(
-            codes, scale.double(), torch.zeros(len(scale), dtype=torch.long), 0)
+    from slimforge.compress.codes import torch_qweight
+
+    qweight = torch_qweight(codes, scale)
     previous = torch.backends.quantized.engine
     torch.backends.quantized.engine = engine
     try:

@@ -1,13 +1,15 @@
 """How float weights become integer codes, and the kernel cache quantized layers share.
 
 Owns: `int8_symmetric` (codes in [-127, 127] with one scale per row or per matrix), the
-int8-weight Linear state (`init_int8_linear`, `fill_int8_linear`) and `KernelCache` (a module
+int8-weight Linear state (`init_int8_linear`, `fill_int8_linear`), `torch_qweight` (the form
+PyTorch's int8 kernels pack) and `KernelCache` (a module
 base whose kernel-ready forms are rebuilt on demand and never saved, pickled or kept across a
 dtype or device change). The quantized layers of `compress/` build on them.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -47,6 +49,20 @@ def fill_int8_linear(module: nn.Module, linear: nn.Linear, per_channel: bool = T
     module.weight_scale.copy_(scale)
     if linear.bias is not None:
         module.bias.copy_(linear.bias.detach())
+
+
+def torch_qweight(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """PyTorch's quantized-tensor form of int8 codes with symmetric scales (one per output
+    channel along dim 0, or one), the input of its packed int8 CPU kernels."""
+    codes, scale = codes.cpu(), scale.double().cpu()
+    # PyTorch warns that quantized-tensor constructors are deprecated; they remain the entry
+    # to its packed int8 CPU kernels, and no module's saved state uses them.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        if len(scale) == 1:
+            return torch._make_per_tensor_quantized_tensor(codes, float(scale[0]), 0)
+        zeros = torch.zeros(len(scale), dtype=torch.long)
+        return torch._make_per_channel_quantized_tensor(codes, scale, zeros, 0)
 
 
 class KernelCache(nn.Module):

@@ -29,7 +29,6 @@ import copy
 import fnmatch
 import functools
 import threading
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -44,6 +43,7 @@ from slimforge.compress.codes import (
     fill_int8_linear,
     init_int8_linear,
     int8_symmetric,
+    torch_qweight,
 )
 from slimforge.compress.fp8 import Float8Linear
 from slimforge.compress.static_int8 import StaticInt8Conv2d, StaticInt8Linear, calibrate_static
@@ -152,8 +152,9 @@ def cpu_has_amx_int8() -> bool:
 
 ONEDNN_FROM_ROWS = 64
 """Rows from which `kernel: auto` uses oneDNN on AMX CPUs. Measured per MiniLM layer on a
-2-core Xeon with AMX (docs/benchmarks.md): oneDNN 1.9-2.6x fbgemm at 4,096 rows, level at
-128, and slower at 32 rows, where fbgemm made batch-1 MiniLM 4.3 ms against 5.7."""
+2-core Xeon with AMX (benchmarks/int8_kernels.py, docs/benchmarks.md): oneDNN 1.6-2.0x
+fbgemm at 4,096 rows and 1.3-1.9x at 128, but 0.78-1.22x at 32; in the whole model at batch 1
+(32 rows) fbgemm gave 4.3 ms against oneDNN's 5.7."""
 
 
 def int8_engine(full_range: bool) -> str:
@@ -235,16 +236,7 @@ class DynamicInt8Linear(KernelCache):
         return not (bool(self.full_range) and cpu_has_vnni())  # see the module docstring
 
     def _pack(self, engine: str) -> Any:
-        q, scale = self.weight_int8.cpu(), self.weight_scale.double().cpu()
-        # PyTorch warns that quantized-tensor constructors are deprecated; they remain the
-        # entry to its packed int8 CPU GEMM, and the module's saved state never uses them.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            if len(scale) == 1:
-                qweight = torch._make_per_tensor_quantized_tensor(q, float(scale[0]), 0)
-            else:
-                zeros = torch.zeros(len(scale), dtype=torch.long)
-                qweight = torch._make_per_channel_quantized_tensor(q, scale, zeros, 0)
+        qweight = torch_qweight(self.weight_int8, self.weight_scale)
         bias = None if self.bias is None else self.bias.float().cpu()
         with _quantized_engine(engine):
             return torch.ops.quantized.linear_prepack(qweight, bias)

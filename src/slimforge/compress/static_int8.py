@@ -18,14 +18,13 @@ and run eagerly. On CUDA the layers run the same arithmetic in float: correct, n
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from slimforge.compress.codes import KernelCache, int8_symmetric
+from slimforge.compress.codes import KernelCache, int8_symmetric, torch_qweight
 from slimforge.errors import SlimforgeError
 
 
@@ -104,16 +103,6 @@ def calibrate_static(model: nn.Module, layers: Sequence[str], batches: Iterable[
     return {name: hook.qparams() for name, hook in hooks.items()}
 
 
-def _per_channel_qweight(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    # Quantized-tensor constructors are deprecated upstream but remain the entry to PyTorch's
-    # int8 CPU kernels; the module's saved state never uses them.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        zeros = torch.zeros(len(scale), dtype=torch.long)
-        return torch._make_per_channel_quantized_tensor(codes.cpu(), scale.double().cpu(),
-                                                        zeros, 0)
-
-
 def _fake_quant(x: torch.Tensor, scale: float, zero: int, levels: int) -> torch.Tensor:
     codes = torch.clamp(torch.round(x / scale) + zero, 0, levels)
     return (codes - zero) * scale
@@ -168,7 +157,7 @@ class StaticInt8Linear(_StaticInt8):
     def _pack(self) -> Any:
         bias = None if self.bias is None else self.bias.float().cpu()
         return torch.ops.quantized.linear_prepack(
-            _per_channel_qweight(self.weight_int8, self.weight_scale), bias)
+            torch_qweight(self.weight_int8, self.weight_scale), bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale, zero = self._input_qparams()
@@ -213,7 +202,7 @@ class StaticInt8Conv2d(_StaticInt8):
     def _pack(self) -> Any:
         bias = None if self.bias is None else self.bias.float().cpu()
         return torch.ops.quantized.conv2d_prepack(
-            _per_channel_qweight(self.weight_int8, self.weight_scale), bias, list(self.stride),
+            torch_qweight(self.weight_int8, self.weight_scale), bias, list(self.stride),
             list(self.padding), list(self.dilation), self.groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
