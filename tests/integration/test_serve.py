@@ -120,6 +120,7 @@ def test_every_response_carries_a_request_id_and_process_time(tiny):
 def test_bad_requests_get_their_exact_status_and_a_json_error(tiny, body, key, status, code):
     response = _post(tiny, body, key=key)
     assert response.status_code == status, response.text
+    assert {"x-request-id", "x-process-time"} <= set(response.headers)
     error = response.json()["error"]
     assert error["code"] == code
     assert "Traceback" not in response.text
@@ -309,3 +310,18 @@ def test_openai_client_streams_a_chat_completion_from_smollm2():
     assert "Paris" in text
     assert whole.choices[0].message.content == text
     assert whole.usage.completion_tokens <= 24
+
+
+def test_a_chunked_body_over_the_limit_is_refused_while_read(tiny):
+    def chunks():  # no Content-Length: the server only learns the size by reading
+        yield b'{"model": "builtin:tiny-bert", "input": "'
+        for _ in range(10):
+            yield b"x" * 1000
+        yield b'"}'
+
+    response = httpx.post(f"{tiny.url}/v1/embeddings", content=chunks(), timeout=30,
+                          headers={"Authorization": f"Bearer {KEY}",
+                                   "Content-Type": "application/json"})
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "body_too_large"
+    assert "x-request-id" in response.headers

@@ -157,38 +157,44 @@ def _authorized(header: str | None, keys: list[str]) -> bool:
     return any(matches)
 
 
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, f"Request body over {limit} bytes; send fewer or shorter inputs.",
+                    "invalid_request_error", "body_too_large")
+
+
 class _BodyLimit:
-    """ASGI middleware: 413 for a body over the limit, declared or streamed."""
+    """ASGI middleware: a body without a declared length is read here first, up to the
+    limit, so one that grows over it gets 413 (a declared Content-Length over the limit is
+    refused by the envelope before any byte is read). Bodies are at most `limit` bytes, so
+    holding one in memory is the cost the limit already allows."""
 
     def __init__(self, app: Any, limit: int) -> None:
         self.app, self.limit = app, limit
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or b"content-length" in dict(scope.get("headers") or []):
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._reject(scope, send)
-            return
-        seen = 0
-
-        async def limited() -> dict:
-            nonlocal seen
+        start = time.perf_counter()
+        messages, seen = [], 0
+        while True:
             message = await receive()
+            messages.append(message)
             seen += len(message.get("body", b""))
             if seen > self.limit:
-                raise ApiError(413, f"Request body over {self.limit} bytes.",
-                               "invalid_request_error", "body_too_large")
-            return message
+                response = _error(_too_large(self.limit))
+                response.headers["X-Request-ID"] = uuid.uuid4().hex
+                response.headers["X-Process-Time"] = f"{time.perf_counter() - start:.6f}"
+                await response(scope, receive, send)
+                return
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
+        replay = iter(messages)
 
-        await self.app(scope, limited, send)
+        async def buffered() -> dict:
+            return next(replay, None) or await receive()
 
-    async def _reject(self, scope: dict, send: Any) -> None:
-        response = JSONResponse(_error_body(
-            f"Request body over {self.limit} bytes; send fewer or shorter inputs.",
-            "invalid_request_error", "body_too_large"), status_code=413)
-        await response(scope, None, send)
+        await self.app(scope, buffered, send)
 
 
 class _Server:
@@ -483,10 +489,13 @@ def _install_handlers(app: FastAPI, server: _Server) -> None:
         request_id = given if REQUEST_ID.match(given) else uuid.uuid4().hex
         request.state.request_id = request_id
         server.metrics.in_flight.inc()
+        declared = request.headers.get("content-length", "")
         try:
-            if request.url.path not in UNAUTHENTICATED and not _authorized(
+            if declared.isdigit() and int(declared) > server.config.max_body_bytes:
+                response: Response = _error(_too_large(server.config.max_body_bytes))
+            elif request.url.path not in UNAUTHENTICATED and not _authorized(
                     request.headers.get("authorization"), server.config.api_keys):
-                response: Response = _error(ApiError(
+                response = _error(ApiError(
                     401, "Missing or wrong API key; send `Authorization: Bearer KEY`.",
                     "authentication_error", "invalid_api_key"))
             else:
