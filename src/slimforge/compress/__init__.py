@@ -156,7 +156,8 @@ def apply_step(loaded: LoadedModel, spec: dict[str, Any],
         raise SlimforgeError(f"Step {step.name!r} does not apply to {loaded.task} models "
                              f"({loaded.spec}); it covers: {', '.join(step.tasks)}.",
                              "choose another step for this model, e.g. quantize.")
-    texts = calibration or default_calibration()
+    # The corpus is built only for steps that read calibration text (onnx does not).
+    texts = calibration or (default_calibration() if step.prepare or step.inspect else [])
     prepared = step.prepare(loaded, config, texts) if step.prepare else Prepared(config)
     model = step.apply(loaded.model, prepared.config)
     layers = {name: dict(figures) for name, figures in prepared.layers.items()}

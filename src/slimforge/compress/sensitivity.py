@@ -1,9 +1,8 @@
 """Per-layer quantization sensitivity, and mixed precision built on it.
 
 Owns: `LayerSensitivity`, `rank_layers`, `keep_sensitive_in_float` and `layer_sqnr`. Each
-quantizable layer
-is quantized alone; the model's output on calibration text is compared with the float
-model's as SQNR (dB); the lowest SQNR hurts most. `keep_sensitive_in_float` is the
+quantizable layer is quantized alone; the model's output on calibration text is compared with
+the float model's as SQNR (dB); the lowest SQNR hurts most. `keep_sensitive_in_float` is the
 `quantize` step's `prepare` hook: with `keep_float: N` it adds the N worst layers to `skip`,
 so the recorded step is a plain config that reloads without any data, and records every
 layer's ranking SQNR (`alone_sqnr_db`). `layer_sqnr` is the step's `inspect` hook: each
@@ -45,9 +44,13 @@ def _output(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Ten
     return (hidden if hidden is not None else out.logits).float()
 
 
+def _db(signal: float, noise: float) -> float:
+    """Signal-to-noise power ratio in dB (a noiseless output is capped, not infinite)."""
+    return 10 * math.log10(max(signal, 1e-20) / max(noise, 1e-20))
+
+
 def _sqnr_db(ref: torch.Tensor, out: torch.Tensor) -> float:
-    noise = (ref - out).pow(2).mean().clamp(min=1e-20)
-    return float(10 * torch.log10(ref.pow(2).mean() / noise))
+    return _db(float(ref.pow(2).mean()), float((ref - out).pow(2).mean()))
 
 
 @torch.inference_mode()
@@ -113,7 +116,7 @@ class _SqnrMeter:
         self.noise += float((ref - output.float()).pow(2).sum())
 
     def db(self) -> float:
-        return 10 * math.log10(max(self.signal, 1e-20) / max(self.noise, 1e-20))
+        return _db(self.signal, self.noise)
 
 
 @torch.inference_mode()
