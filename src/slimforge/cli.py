@@ -233,7 +233,10 @@ def serve(
     max_tokens: int = typer.Option(None, help="generation: cap on max_tokens; beyond: 422"),
     request_timeout_s: float = typer.Option(None, help="answer within this or 504"),
     drain_timeout_s: float = typer.Option(None, help="on SIGTERM, time to finish requests"),
-    threads: int = typer.Option(None, help="intra-op threads"),
+    batch_workers: int = typer.Option(None, help="batches computed at once (default: one per "
+                                      "core on a CPU, up to 8)"),
+    threads: int = typer.Option(None, help="intra-op threads per batch worker (default: the "
+                                "cores shared out)"),
 ) -> None:
     """Serve a model over HTTP: OpenAI-compatible endpoints, dynamic batching, /metrics.
 
@@ -257,7 +260,7 @@ def serve(
         config = ServeConfig(
             api_keys=keys, batch=BatchConfig(**_options(
                 max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
-                max_batch_tokens=max_batch_tokens)),
+                max_batch_tokens=max_batch_tokens, workers=batch_workers)),
             **_options(model_name=model_name, max_inputs=max_inputs,
                        max_input_tokens=max_input_tokens, truncate=truncate,
                        max_body_bytes=max_body_bytes, max_tokens=max_tokens,

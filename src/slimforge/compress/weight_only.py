@@ -37,8 +37,12 @@ class _WeightOnlyLinear(KernelCache):
         self.register_buffer("keep_dense", torch.tensor(False))
 
     def _dense_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        key = f"dense/{dtype}"
+        kept = self._cache.get(key)  # looked up first: reading the flag costs a tensor sync
+        if kept is not None:
+            return kept
         if bool(self.keep_dense):
-            return self.cached(f"dense/{dtype}", lambda: self.dequantized_weight().to(dtype))
+            return self.cached(key, lambda: self.dequantized_weight().to(dtype))
         return self.dequantized_weight().to(dtype)
 
     def dequantized_weight(self) -> torch.Tensor:
@@ -51,10 +55,12 @@ class _WeightOnlyLinear(KernelCache):
         flat = x.reshape(-1, self.in_features)
         if x.device.type == "cpu" and flat.shape[0] < DENSE_FROM_ROWS:
             out = self._packed_mm(flat.contiguous())  # the packed kernels need contiguous rows
-        else:
-            out = nn.functional.linear(flat, self._dense_weight(x.dtype))
-        out = out.reshape(*x.shape[:-1], self.out_features)
-        return out if self.bias is None else out + self.bias.to(out.dtype)
+            if self.bias is not None:
+                out = out + self.bias.to(out.dtype)
+        else:  # the bias rides in the GEMM (one pass over the output instead of two)
+            bias = None if self.bias is None else self.bias.to(x.dtype)
+            out = nn.functional.linear(flat, self._dense_weight(x.dtype), bias)
+        return out.reshape(*x.shape[:-1], self.out_features)
 
 
 class WeightOnlyInt8Linear(_WeightOnlyLinear):

@@ -110,13 +110,15 @@ def tokenize(
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
-    """Token states `[batch, seq, dim]` -> one L2-normalised vector per text."""
+    """Token states `[batch, seq, dim]` -> one L2-normalised float32 vector per text (summed
+    in float32: a bf16 sum over hundreds of tokens would lose the low bits)."""
+    hidden = hidden.float()
     if pooling == "cls":
         vectors = hidden[:, 0]
     else:
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         vectors = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
-    return torch.nn.functional.normalize(vectors.float(), p=2, dim=-1)
+    return torch.nn.functional.normalize(vectors, p=2, dim=-1)
 
 
 @torch.inference_mode()

@@ -2,52 +2,43 @@
 
 Owns: `ServeConfig`, `create_app` and the HTTP contract: OpenAI-compatible `/v1/embeddings`
 and `/v1/models`, `/v1/predict` (classifiers and custom models), `/healthz`, `/readyz` and
-`/metrics`. Every input goes through the dynamic batcher (`batcher.py`); every response
-carries `X-Request-ID` and `X-Process-Time`; every error is one JSON object in OpenAI's shape
+`/metrics`. Every input goes through the dynamic batcher (`batcher.py`) and the batch runner
+(`runner.py`); every request through the gate (`gate.py`: request ids, `X-Process-Time`,
+body limit, API keys, request metrics). Every error is one JSON object in OpenAI's shape
 (`{"error": {"message", "type", "code"}}`) with the status that names it: 401 bad or missing
 key, 404 unknown model, 413 body too large, 422 malformed, empty, too many or too long
 inputs, 429 queue full (with `Retry-After`), 503 draining, 504 deadline passed. No stack trace
-reaches a client. API keys are compared in constant time (`hmac.compare_digest`) against every
-configured key. `/healthz`, `/readyz` and `/metrics` need no key (probes and scrapers).
+reaches a client. `/healthz`, `/readyz` and `/metrics` need no key (probes and scrapers).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
-import hmac
 import json
 import logging
 import math
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 import numpy as np
-import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from slimforge.models.tasks import LoadedModel, pool
+from slimforge.models.tasks import LoadedModel
 from slimforge.serve.batcher import BatchConfig, DrainingError, DynamicBatcher, QueueFullError
+from slimforge.serve.gate import ApiError, Gate, error_response
 from slimforge.serve.generate import GenerationRequest, Generator, GeneratorBusyError
-from slimforge.serve.memory import release_free_memory
 from slimforge.serve.metrics import ServerMetrics
+from slimforge.serve.runner import BatchRunner
 
 log = logging.getLogger("slimforge.serve")
-PAD_TO_MULTIPLE_OF = 32
-"""Batches are padded to a multiple of 32 tokens: far fewer distinct tensor shapes, so the
-CPU kernels' per-shape caches and the allocator stop growing with traffic (MiniLM, 600
-random batches: 2.6 GB RSS unpadded, 1.57 GB padded; docs/benchmarks.md)."""
-TRIM_EVERY_BATCHES = 10
-"""How often freed heap memory is handed back to the OS (glibc keeps it otherwise)."""
-UNAUTHENTICATED = ("/healthz", "/readyz", "/metrics")
-REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 class ServeConfig(BaseModel):
@@ -74,16 +65,6 @@ class ServeConfig(BaseModel):
     """A request not answered by then gets 504."""
     drain_timeout_s: float = Field(30.0, ge=0)
     """On shutdown, how long accepted requests may take to finish."""
-
-
-class ApiError(Exception):
-    """An error with the HTTP status and OpenAI error type that name it."""
-
-    def __init__(self, status: int, message: str, kind: str, code: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.kind, self.code = status, message, kind, code
-        self.headers = headers or {}
 
 
 class EmbeddingRequest(BaseModel):
@@ -142,61 +123,6 @@ class PredictRequest(BaseModel):
     model: str | None = None
 
 
-def _error_body(message: str, kind: str, code: str | None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
-
-
-def _authorized(header: str | None, keys: list[str]) -> bool:
-    if not keys:
-        return True
-    scheme, _, token = (header or "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        return False
-    # Compare against every key, without stopping at a match, each in constant time.
-    matches = [hmac.compare_digest(token.encode(), key.encode()) for key in keys]
-    return any(matches)
-
-
-def _too_large(limit: int) -> ApiError:
-    return ApiError(413, f"Request body over {limit} bytes; send fewer or shorter inputs.",
-                    "invalid_request_error", "body_too_large")
-
-
-class _BodyLimit:
-    """ASGI middleware: a body without a declared length is read here first, up to the
-    limit, so one that grows over it gets 413 (a declared Content-Length over the limit is
-    refused by the envelope before any byte is read). Bodies are at most `limit` bytes, so
-    holding one in memory is the cost the limit already allows."""
-
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or b"content-length" in dict(scope.get("headers") or []):
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        messages, seen = [], 0
-        while True:
-            message = await receive()
-            messages.append(message)
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                response = _error(_too_large(self.limit))
-                response.headers["X-Request-ID"] = uuid.uuid4().hex
-                response.headers["X-Process-Time"] = f"{time.perf_counter() - start:.6f}"
-                await response(scope, receive, send)
-                return
-            if message["type"] != "http.request" or not message.get("more_body"):
-                break
-        replay = iter(messages)
-
-        async def buffered() -> dict:
-            return next(replay, None) or await receive()
-
-        await self.app(scope, buffered, send)
-
-
 class _Server:
     """The model, its batcher and metrics, and what the handlers need of them."""
 
@@ -204,28 +130,11 @@ class _Server:
         self.loaded, self.config = loaded, config
         self.name = config.model_name or loaded.spec
         self.metrics = ServerMetrics(model_info)
-        self.batcher = DynamicBatcher(self._run_batch, config.batch, self.metrics.observe_batch)
+        self.runner = BatchRunner(loaded)
+        self.batcher = DynamicBatcher(self.runner, config.batch, self.metrics.observe_batch)
         self.ready = False
-        self._batches = 0
         self.generator = (Generator(loaded, self.metrics, config.batch.max_queue)
                           if loaded.task == "causal-lm" else None)
-
-    @torch.inference_mode()
-    def _run_batch(self, payloads: list[Any]) -> list[Any]:
-        self._batches += 1
-        if self._batches % TRIM_EVERY_BATCHES == 0:
-            release_free_memory()
-        if self.loaded.tokenizer is not None:  # payloads: token ids
-            batch = self.loaded.tokenizer.pad({"input_ids": payloads}, return_tensors="pt",
-                                              pad_to_multiple_of=PAD_TO_MULTIPLE_OF)
-            batch = {k: v.to(self.loaded.device) for k, v in batch.items()}
-            out = self.loaded.model(**batch)
-            if self.loaded.task != "embedding":
-                return list(out.logits.float().cpu().numpy())
-            vectors = pool(out.last_hidden_state, batch["attention_mask"], self.loaded.pooling)
-            return list(vectors.float().cpu().numpy())
-        out = self.loaded.model(torch.tensor(payloads, dtype=torch.float32))
-        return list(out.float().cpu().numpy())
 
     def token_ids(self, texts: list[str]) -> list[list[int]]:
         """Each text's token ids (special tokens included), tokenized once here and batched
@@ -459,6 +368,9 @@ def create_app(loaded: LoadedModel, config: ServeConfig | None = None,
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if loaded.task != "causal-lm":
+            cost = await asyncio.to_thread(server.runner.calibrate)
+            log.info("one model call costs as much as %.0f tokens of compute", cost)
         server.batcher.start()
         server.ready = True
         yield
@@ -472,71 +384,27 @@ def create_app(loaded: LoadedModel, config: ServeConfig | None = None,
     app.state.server = server
     _install_handlers(app, server)
     _install_routes(app, server)
-    app.add_middleware(_BodyLimit, limit=config.max_body_bytes)
+    app.add_middleware(Gate, metrics=server.metrics, api_keys=config.api_keys,
+                       max_body_bytes=config.max_body_bytes)
     return app
 
 
-def _route_name(request: Request) -> str:
-    route = request.scope.get("route")
-    return getattr(route, "path", "other")
-
-
 def _install_handlers(app: FastAPI, server: _Server) -> None:
-    @app.middleware("http")
-    async def envelope(request: Request, call_next: Any) -> Response:
-        start = time.perf_counter()
-        given = request.headers.get("x-request-id", "")
-        request_id = given if REQUEST_ID.match(given) else uuid.uuid4().hex
-        request.state.request_id = request_id
-        server.metrics.in_flight.inc()
-        declared = request.headers.get("content-length", "")
-        try:
-            if declared.isdigit() and int(declared) > server.config.max_body_bytes:
-                response: Response = _error(_too_large(server.config.max_body_bytes))
-            elif request.url.path not in UNAUTHENTICATED and not _authorized(
-                    request.headers.get("authorization"), server.config.api_keys):
-                response = _error(ApiError(
-                    401, "Missing or wrong API key; send `Authorization: Bearer KEY`.",
-                    "authentication_error", "invalid_api_key"))
-            else:
-                response = await call_next(request)
-        except ApiError as exc:  # raised below the router, e.g. by the body limit
-            response = _error(exc)
-        finally:
-            server.metrics.in_flight.dec()
-        elapsed = time.perf_counter() - start
-        endpoint, status = _route_name(request), str(response.status_code)
-        server.metrics.requests.labels(endpoint, status).inc()
-        server.metrics.duration.labels(endpoint, status).observe(elapsed)
-        response.headers["X-Request-ID"] = request_id
-        response.headers["X-Process-Time"] = f"{elapsed:.6f}"
-        return response
-
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return _error(exc)
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'][1:])) or 'body'}: {e['msg']}"
                              for e in exc.errors()[:5])
-        return _error(ApiError(422, f"Malformed request: {problems}.",
-                               "invalid_request_error", "invalid_body"))
+        return error_response(ApiError(422, f"Malformed request: {problems}.",
+                                       "invalid_request_error", "invalid_body"))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(ApiError(exc.status_code, str(exc.detail), "invalid_request_error"))
-
-    @app.exception_handler(Exception)
-    async def crash(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("request %s failed", getattr(request.state, "request_id", "?"))
-        return _error(ApiError(500, "Internal error; the server log has the details.",
-                               "server_error"))
-
-
-def _error(exc: ApiError) -> JSONResponse:
-    return JSONResponse(_error_body(exc.message, exc.kind, exc.code), status_code=exc.status,
-                        headers=exc.headers)
+        return error_response(ApiError(exc.status_code, str(exc.detail),
+                                       "invalid_request_error"))
 
 
 def _install_routes(app: FastAPI, server: _Server) -> None:

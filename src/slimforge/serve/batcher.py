@@ -6,8 +6,11 @@ batcher task takes the oldest item, then keeps adding items until one of the cap
 `max_batch_size` items, `max_batch_tokens` tokens (the batch's longest item times its size,
 which is what padding makes the model compute), or the `max_wait_ms` deadline counted on the
 monotonic clock from the first item. The batch is sorted by length and run in a worker
-thread, off the event loop, so the server keeps accepting while the model computes. Items
-whose request deadline passed while queued fail with `TimeoutError` instead of running.
+thread, off the event loop, so the server keeps accepting while the model computes; up to
+`workers` batches compute at once, each on its own thread (on a CPU, two batches on one
+thread each beat one batch on two threads: small GEMMs scale poorly across cores, and the
+model's Python dispatch overlaps with the other batch's kernels). Items whose request
+deadline passed while queued fail with `TimeoutError` instead of running.
 
 A full queue raises `QueueFullError` at once with a `retry_after_s` estimated from the recent
 drain rate, so an overloaded server answers 429 in microseconds instead of timing out.
@@ -23,6 +26,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class BatchConfig(BaseModel):
-    """The four batching knobs."""
+    """The four batching knobs, and how many batches compute at once."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -42,6 +46,9 @@ class BatchConfig(BaseModel):
     """Most items waiting; beyond it new requests get 429."""
     max_batch_tokens: int = Field(16384, ge=1)
     """Token budget of one call: longest item's tokens x items (what padding computes)."""
+    workers: int | None = Field(None, ge=1, le=64)
+    """Batches computed at once, each on its own thread (None: 1 here; `slimforge serve`
+    plans it from the cores)."""
 
 
 class QueueFullError(Exception):
@@ -85,7 +92,11 @@ class DynamicBatcher:
         self._draining = False
         self._task: asyncio.Task | None = None
         self._done: deque[tuple[float, int]] = deque(maxlen=64)  # (finish time, items)
-        self._in_batch = 0
+        self._in_batch = 0  # items being computed, over all running batches
+        self._slots: asyncio.Semaphore | None = None
+        self._running: set[asyncio.Task] = set()
+        self._workers = config.workers or 1
+        self._executor = ThreadPoolExecutor(self._workers, thread_name_prefix="slimforge-batch")
 
     @property
     def depth(self) -> int:
@@ -99,6 +110,7 @@ class DynamicBatcher:
 
     def start(self) -> None:
         """Start the batching task on the running event loop."""
+        self._slots = asyncio.Semaphore(self._workers)
         self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def submit(self, payloads: Sequence[Any], tokens: Sequence[int],
@@ -149,6 +161,7 @@ class DynamicBatcher:
         for item in self._queue:  # only left when the drain timed out
             if not item.future.done():
                 item.future.set_exception(DrainingError())
+        self._executor.shutdown(wait=False)
         return finished
 
     def _take_batch(self) -> list[Item]:
@@ -192,11 +205,11 @@ class DynamicBatcher:
                 live.append(item)
         return sorted(live, key=lambda item: item.tokens)
 
-    async def _execute(self, live: list[Item]) -> None:
-        self._in_batch = len(live)
+    async def _execute(self, live: list[Item], formed: float) -> None:
+        self._in_batch += len(live)
         try:
             results = await asyncio.get_running_loop().run_in_executor(
-                None, self._run, [item.payload for item in live])
+                self._executor, self._run, [item.payload for item in live])
         except Exception as exc:  # one failed batch fails its requests, not the server
             for item in live:
                 if not item.future.done():
@@ -206,17 +219,28 @@ class DynamicBatcher:
                 if not item.future.done():
                     item.future.set_result(result)
         finally:
-            self._in_batch = 0
+            self._in_batch -= len(live)
+            assert self._slots is not None
+            self._slots.release()
+        self._done.append((time.monotonic(), len(live)))
+        if self._on_batch is not None:
+            self._on_batch(len(live), live[-1].tokens * len(live),
+                           [formed - item.enqueued for item in live])
 
     async def _loop(self) -> None:
+        assert self._slots is not None
         while True:
-            await self._wait_for_batch()
+            await self._slots.acquire()  # a worker is free: form the next batch
+            try:
+                await self._wait_for_batch()
+            except asyncio.CancelledError:
+                self._slots.release()
+                raise
             now = time.monotonic()
             live = self._live(self._take_batch(), now)
             if not live:
+                self._slots.release()
                 continue
-            await self._execute(live)
-            self._done.append((time.monotonic(), len(live)))
-            if self._on_batch is not None:
-                self._on_batch(len(live), live[-1].tokens * len(live),
-                               [now - item.enqueued for item in live])
+            task = asyncio.get_running_loop().create_task(self._execute(live, now))
+            self._running.add(task)  # held until done: the loop keeps no other reference
+            task.add_done_callback(self._running.discard)

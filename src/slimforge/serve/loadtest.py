@@ -74,8 +74,16 @@ def corpus_payloads(model: str, texts_per_request: int = 1, limit: int = 512,
             for i in range(0, len(texts) - texts_per_request + 1, texts_per_request)]
 
 
-async def _client(client: httpx.AsyncClient, config: LoadConfig, bodies: Any, stop: float,
-                  budget: itertools.count, latencies: list[float], statuses: Counter) -> None:
+async def _client(url: str, headers: dict[str, str], config: LoadConfig, bodies: Any,
+                  stop: float, budget: itertools.count, latencies: list[float],
+                  statuses: Counter) -> None:
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=config.timeout_s,
+                                 limits=httpx.Limits(max_connections=1)) as client:
+        await _send(client, config, bodies, stop, budget, latencies, statuses)
+
+
+async def _send(client: httpx.AsyncClient, config: LoadConfig, bodies: Any, stop: float,
+                budget: itertools.count, latencies: list[float], statuses: Counter) -> None:
     while time.monotonic() < stop:
         if config.requests is not None and next(budget) >= config.requests:
             return
@@ -101,18 +109,14 @@ async def loadtest(url: str, payloads: list[dict[str, Any]],
     """
     config = config or LoadConfig()
     headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
-    limits = httpx.Limits(max_connections=config.concurrency,
-                          max_keepalive_connections=config.concurrency)
     latencies: list[float] = []
     statuses: Counter = Counter()
     bodies, budget = itertools.cycle(payloads), itertools.count()
-    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits,
-                                 timeout=config.timeout_s) as client:
-        start = time.monotonic()
-        stop = start + (config.duration_s or float("inf"))
-        await asyncio.gather(*(_client(client, config, bodies, stop, budget, latencies,
-                                       statuses) for _ in range(config.concurrency)))
-        seconds = time.monotonic() - start
+    start = time.monotonic()
+    stop = start + (config.duration_s or float("inf"))
+    await asyncio.gather(*(_client(url, headers, config, bodies, stop, budget, latencies,
+                                   statuses) for _ in range(config.concurrency)))
+    seconds = time.monotonic() - start
     total = sum(statuses.values())
     ms = sorted(x * 1000 for x in latencies) or [float("nan")]
     return LoadResult(requests=total, seconds=seconds, qps=len(latencies) / seconds,

@@ -149,3 +149,36 @@ def test_free_memory_is_released_where_the_c_library_is_glibc():
     from slimforge.serve.memory import release_free_memory
 
     assert release_free_memory() is (platform.libc_ver()[0] == "glibc")
+
+
+def test_workers_compute_batches_at_once():
+    """Two workers: two batches run concurrently (each waits for the other at a barrier,
+    which with one worker would never be reached)."""
+    import threading
+
+    barrier = threading.Barrier(2, timeout=5)
+
+    def model(payloads):
+        barrier.wait()
+        return [p.upper() for p in payloads]
+
+    batcher = DynamicBatcher(model, BatchConfig(max_batch_size=1, max_wait_ms=0, workers=2))
+
+    async def go():
+        return await asyncio.gather(batcher.submit(["a"], [1], 5), batcher.submit(["b"], [1], 5))
+
+    assert _run(_with(batcher, go())) == [["A"], ["B"]]
+
+
+def test_drain_waits_for_every_running_batch():
+    model = Recorder(seconds=0.2)
+    batcher = DynamicBatcher(model, BatchConfig(max_batch_size=1, max_wait_ms=0, workers=3))
+
+    async def go():
+        batcher.start()
+        answers = [asyncio.ensure_future(batcher.submit([f"x{i}"], [1], 5)) for i in range(5)]
+        await asyncio.sleep(0.05)  # three batches running, two queued
+        assert await batcher.drain(5)
+        return [a.result() for a in answers]
+
+    assert _run(go()) == [[f"X{i}"] for i in range(5)]
