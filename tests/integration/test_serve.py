@@ -198,6 +198,38 @@ def test_sigterm_finishes_every_accepted_request():
     assert "Traceback" not in server.process.stderr.read()
 
 
+def test_sigterm_lets_running_generations_finish_their_streams():
+    import json
+
+    server = Server("builtin:tiny-llama", "--max-tokens", "600")
+    body = {"model": "builtin:tiny-llama", "prompt": "Hello", "max_tokens": 600,
+            "temperature": 0, "stream": True}
+
+    async def stream(client: httpx.AsyncClient, first_byte: asyncio.Event) -> list[str]:
+        lines = []
+        async with client.stream("POST", "/v1/completions", json=body) as response:
+            async for line in response.aiter_lines():
+                first_byte.set()
+                if line.startswith("data: "):
+                    lines.append(line.removeprefix("data: "))
+        return lines
+
+    async def stream_then_stop():
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            started = [asyncio.Event() for _ in range(3)]
+            pending = [asyncio.ensure_future(stream(client, e)) for e in started]
+            await asyncio.gather(*(e.wait() for e in started))
+            server.process.send_signal(signal.SIGTERM)
+            return await asyncio.gather(*pending)
+
+    for lines in asyncio.run(stream_then_stop()):
+        assert lines[-1] == "[DONE]"
+        finish = json.loads(lines[-2])["choices"][0]["finish_reason"]
+        assert finish in ("stop", "length")  # ended by the model, not cut by the shutdown
+    assert server.process.wait(timeout=60) in (0, -signal.SIGTERM)
+    assert "Traceback" not in server.process.stderr.read()
+
+
 def test_a_bad_server_option_is_one_line_and_exit_2():
     done = subprocess.run([sys.executable, "-m", "slimforge", "serve", "builtin:tiny-bert",
                            "--max-batch-size", "0"], capture_output=True, text=True, timeout=120)
@@ -325,3 +357,34 @@ def test_a_chunked_body_over_the_limit_is_refused_while_read(tiny):
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "body_too_large"
     assert "x-request-id" in response.headers
+
+
+def test_an_expired_deadline_gets_504_for_embeddings_and_generation():
+    import json
+
+    bert = Server("builtin:tiny-bert", "--request-timeout-s", "0.001", "--max-wait-ms", "50")
+    llm = Server("builtin:tiny-llama", "--request-timeout-s", "0.3", "--max-tokens", "1000")
+    try:
+        late = httpx.post(f"{bert.url}/v1/embeddings",
+                          json={"model": "builtin:tiny-bert", "input": "hello"}, timeout=30)
+        body = {"model": "builtin:tiny-llama", "prompt": "Hello", "max_tokens": 1000,
+                "temperature": 0}
+        whole = httpx.post(f"{llm.url}/v1/completions", json=body, timeout=30)
+        with httpx.stream("POST", f"{llm.url}/v1/completions", json={**body, "stream": True},
+                          timeout=30) as streamed:
+            lines = [line for line in streamed.iter_lines() if line.startswith("data: ")]
+        metrics = httpx.get(f"{llm.url}/metrics").text
+    finally:
+        bert.stop()
+        llm.stop()
+    assert late.status_code == 504
+    assert late.json()["error"]["code"] == "deadline_exceeded"
+    # tiny-llama's greedy text from "Hello" never reaches end-of-text: the deadline cuts it
+    assert whole.status_code == 504, whole.text[:200]
+    assert whole.json()["error"]["code"] == "deadline_exceeded"
+    assert streamed.status_code == 200
+    assert lines[-1] == "data: [DONE]"
+    last = json.loads(lines[-2].removeprefix("data: "))
+    assert last["error"]["code"] == "deadline_exceeded"
+    assert len(lines) > 3  # tokens were streamed before the cut
+    assert 'slimforge_requests_total{endpoint="/v1/completions",status="504"} 1.0' in metrics

@@ -33,8 +33,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from slimforge.models.tasks import LoadedModel
 from slimforge.serve.batcher import BatchConfig, DrainingError, DynamicBatcher, QueueFullError
-from slimforge.serve.gate import ApiError, Gate, error_response
-from slimforge.serve.generate import GenerationRequest, Generator, GeneratorBusyError
+from slimforge.serve.gate import ApiError, Gate, error_body, error_response
+from slimforge.serve.generate import (
+    GenerationRequest,
+    Generator,
+    GeneratorBusyError,
+    GeneratorClosedError,
+)
 from slimforge.serve.metrics import ServerMetrics
 from slimforge.serve.runner import BatchRunner
 
@@ -133,7 +138,8 @@ class _Server:
         self.runner = BatchRunner(loaded)
         self.batcher = DynamicBatcher(self.runner, config.batch, self.metrics.observe_batch)
         self.ready = False
-        self.generator = (Generator(loaded, self.metrics, config.batch.max_queue)
+        self.generator = (Generator(loaded, self.metrics, config.batch.max_queue,
+                                    config.batch.max_batch_size)
                           if loaded.task == "causal-lm" else None)
 
     def token_ids(self, texts: list[str]) -> list[list[int]]:
@@ -187,8 +193,7 @@ class _Server:
                            "draining") from None
         except TimeoutError:
             self.metrics.rejected.labels("deadline").inc()
-            raise ApiError(504, f"No answer within {self.config.request_timeout_s} s.",
-                           "timeout_error", "deadline_exceeded") from None
+            raise self._deadline_error() from None
         finally:
             self.metrics.queue_depth.set(self.batcher.depth)
 
@@ -272,7 +277,8 @@ class _Server:
 
     async def _generate(self, ids: list[int], max_tokens: int, body: Any, received: float,
                         chat: bool) -> Response:
-        request = GenerationRequest(ids, max_tokens, body.temperature, body.top_p, body.seed)
+        request = GenerationRequest(ids, max_tokens, body.temperature, body.top_p, body.seed,
+                                    self.config.request_timeout_s)
         events = self.generator.stream(request, received)
         try:
             first = await anext(events)
@@ -280,18 +286,30 @@ class _Server:
             self.metrics.rejected.labels("queue_full").inc()
             raise ApiError(429, "The server is at capacity; retry after 1 s.",
                            "rate_limit_error", "queue_full", {"Retry-After": "1"}) from None
-        envelope = _Envelope(self.name, chat, len(ids))
+        except GeneratorClosedError:
+            self.metrics.rejected.labels("draining").inc()
+            raise ApiError(503, "The server is shutting down.", "server_error",
+                           "draining") from None
+        envelope = _Envelope(self.name, chat, len(ids), self._deadline_error())
+        if first == ("finish", ("timeout", 0)):  # still waiting when the deadline passed
+            self.metrics.rejected.labels("deadline").inc()
+            raise envelope.timeout
         if body.stream:
             return StreamingResponse(envelope.sse(first, events),
                                      media_type="text/event-stream")
         return _json(await envelope.whole(first, events))
 
+    def _deadline_error(self) -> ApiError:
+        return ApiError(504, f"No answer within {self.config.request_timeout_s} s.",
+                        "timeout_error", "deadline_exceeded")
+
 
 class _Envelope:
     """OpenAI's response shapes for one generation, whole or as server-sent events."""
 
-    def __init__(self, model: str, chat: bool, prompt_tokens: int) -> None:
+    def __init__(self, model: str, chat: bool, prompt_tokens: int, timeout: ApiError) -> None:
         self.model, self.chat, self.prompt_tokens = model, chat, prompt_tokens
+        self.timeout = timeout  # what a generation cut by its deadline answers
         self.id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         self.created = int(time.time())
 
@@ -320,19 +338,34 @@ class _Envelope:
                 pieces.append(value)
             else:
                 finish, count = value
+        if finish == "timeout":
+            raise self.timeout
         return {**self._head(False), "choices": [self._choice("".join(pieces), finish, False)],
                 "usage": self._usage(count)}
 
     async def sse(self, first: tuple[str, Any], rest: AsyncIterator) -> AsyncIterator[str]:
-        async for kind, value in _chain(first, rest):
-            if kind == "text":
-                chunk = {**self._head(True), "choices": [self._choice(value, None, True)]}
-            else:
-                finish, count = value
-                chunk = {**self._head(True), "choices": [self._choice(None, finish, True)],
-                         "usage": self._usage(count)}
-            yield f"data: {json.dumps(chunk)}\n\n"
+        """The events; a failure after the first byte (deadline, shutdown, a crash) can no
+        longer change the status, so it ends the stream as an `error` event."""
+        try:
+            async for kind, value in _chain(first, rest):
+                yield f"data: {json.dumps(self._chunk(kind, value))}\n\n"
+        except Exception as exc:
+            if not isinstance(exc, ApiError | GeneratorClosedError):
+                log.exception("a generation stream failed")
+            error = exc if isinstance(exc, ApiError) else ApiError(
+                503 if isinstance(exc, GeneratorClosedError) else 500,
+                "The generation stopped early; the server log has the details.", "server_error")
+            yield f"data: {json.dumps(error_body(error))}\n\n"
         yield "data: [DONE]\n\n"
+
+    def _chunk(self, kind: str, value: Any) -> dict[str, Any]:
+        if kind == "text":
+            return {**self._head(True), "choices": [self._choice(value, None, True)]}
+        finish, count = value
+        if finish == "timeout":
+            raise self.timeout
+        return {**self._head(True), "choices": [self._choice(None, finish, True)],
+                "usage": self._usage(count)}
 
 
 async def _chain(first: tuple[str, Any], rest: AsyncIterator) -> AsyncIterator[tuple[str, Any]]:
@@ -369,15 +402,18 @@ def create_app(loaded: LoadedModel, config: ServeConfig | None = None,
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if loaded.task != "causal-lm":
+            calls = await asyncio.to_thread(server.runner.warm_up, config.batch.max_batch_size,
+                                            config.max_input_tokens)
             cost = await asyncio.to_thread(server.runner.calibrate)
-            log.info("one model call costs as much as %.0f tokens of compute", cost)
+            log.info("warmed up with %d calls; one call costs as much as %.0f tokens of "
+                     "compute", calls, cost)
         server.batcher.start()
         server.ready = True
         yield
         server.ready = False  # /readyz says 503 from here on; new requests get 503
         finished = await server.batcher.drain(config.drain_timeout_s)
         if server.generator is not None:
-            server.generator.close()
+            finished &= await asyncio.to_thread(server.generator.close, config.drain_timeout_s)
         log.info("drained %s", "every accepted request" if finished else "until the timeout")
 
     app = FastAPI(title="slimforge serve", lifespan=lifespan, docs_url=None, redoc_url=None)

@@ -1,6 +1,6 @@
 """What every request passes through before and after its route: the HTTP envelope.
 
-Owns: `ApiError`, `error_response` (OpenAI's error shape) and `Gate`, a plain ASGI
+Owns: `ApiError`, `error_body` and `error_response` (OpenAI's error shape) and `Gate`, a plain ASGI
 middleware (no per-request task group, unlike `@app.middleware("http")`). For each request it
 picks the request id (the client's `X-Request-ID` when well-formed, else a fresh one), refuses
 a declared body over the limit before reading a byte and a chunked one as soon as it grows
@@ -43,11 +43,15 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-def error_response(exc: ApiError) -> JSONResponse:
-    """`{"error": {"message", "type", "param", "code"}}` with the error's status."""
-    body = {"error": {"message": exc.message, "type": exc.kind, "param": None,
+def error_body(exc: ApiError) -> dict[str, Any]:
+    """`{"error": {"message", "type", "param", "code"}}`: OpenAI's error shape."""
+    return {"error": {"message": exc.message, "type": exc.kind, "param": None,
                       "code": exc.code}}
-    return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+
+
+def error_response(exc: ApiError) -> JSONResponse:
+    """The error as a JSON response with its status and headers."""
+    return JSONResponse(error_body(exc), status_code=exc.status, headers=exc.headers)
 
 
 def authorized(header: str | None, keys: list[str]) -> bool:

@@ -1,27 +1,42 @@
-"""Text generation for the server: one decode loop per request, streamed token by token.
+"""Text generation for the server: continuous batching, streamed token by token.
 
-Owns: `GenerationRequest`, `Generator`. Requests run one at a time on a dedicated worker
-thread (the model already uses every core), in arrival order; up to `max_waiting` more may
-wait, beyond that the server answers 429. This is neither continuous nor batched generation
-yet: a request that arrives during a decode waits for it to finish. Each request's tokens are
-pushed to its own asyncio queue as they are produced, so the HTTP layer can stream them as
-server-sent events; time to first token and the time between tokens go to the metrics.
+Owns: `GenerationRequest`, `Generator`, `GeneratorBusyError`. One decode thread keeps a batch
+of running sequences and advances them all by one token per model call. A request that
+arrives while the batch decodes joins it at the next step (continuous batching): its prompt is
+prefilled alone, its key/value cache is left-padded to the batch's length and stacked onto
+the batch, and from then on it decodes with the others; a sequence that ends (end of text,
+`max_tokens`, or its deadline) leaves the batch at once. Left padding is masked out and every
+sequence gets its own position ids, so a sequence's tokens do not depend on its batch-mates
+beyond float rounding. On a CPU one decode step reads every weight once whatever the batch
+size, so sequences decoded together cost little more than one. Models whose cache is not
+plain full attention (sliding windows) decode one request at a time.
+
+Up to `max_running` sequences decode at once; up to `max_waiting` more wait, beyond that the
+server answers 429. Each request's tokens are pushed to its own asyncio queue as they are
+produced, so the HTTP layer streams them as server-sent events; time to first token and the
+time between tokens go to the metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from slimforge.models.tasks import LoadedModel
 from slimforge.serve.metrics import ServerMetrics
+
+Emit = Callable[[tuple[str, Any]], None]
+"""Sends one event to the request's stream: ("token", id), ("stop" | "length" | "timeout",
+None), ("error", exception) or ("done", None)."""
 
 
 @dataclass(frozen=True)
@@ -33,86 +48,226 @@ class GenerationRequest:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+    timeout_s: float = 30.0
 
 
 class GeneratorBusyError(Exception):
     """Too many generation requests are already waiting."""
 
 
-_DONE = object()
+class GeneratorClosedError(Exception):
+    """The generator stopped (server shutdown) before the request could finish."""
+
+
+@dataclass
+class _Sequence:
+    request: GenerationRequest
+    emit: Emit
+    deadline: float  # time.monotonic()
+    sampler: torch.Generator | None
+    length: int = 0  # tokens in the cache (prompt + generated)
+    produced: int = 0
+    next_token: int = -1
+    finished: bool = False
+
+
+def _pick(logits: torch.Tensor, request: GenerationRequest,
+          sampler: torch.Generator | None) -> int:
+    if request.temperature <= 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits.float() / request.temperature, dim=-1)
+    if request.top_p < 1.0:
+        ordered, index = probs.sort(descending=True)
+        keep = ordered.cumsum(-1) - ordered < request.top_p
+        probs = torch.zeros_like(probs).scatter(-1, index[keep], ordered[keep])
+    return int(torch.multinomial(probs / probs.sum(), 1, generator=sampler))
+
+
+def _left_pad(x: torch.Tensor, length: int, dim: int) -> torch.Tensor:
+    missing = length - x.shape[dim]
+    if missing == 0:
+        return x
+    shape = list(x.shape)
+    shape[dim] = missing
+    return torch.cat([x.new_zeros(shape), x], dim=dim)
+
+
+class _Batch:
+    """The running sequences' shared key/value cache and attention mask."""
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self.sequences: list[_Sequence] = []
+        self.cache: DynamicCache | None = None
+        self.mask: torch.Tensor | None = None  # [batch, cached tokens], 0 = left padding
+
+    def _layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        assert self.cache is not None
+        return [(layer.keys, layer.values) for layer in self.cache.layers]
+
+    def join(self, sequence: _Sequence, cache: DynamicCache) -> None:
+        """Stack a prefilled sequence onto the batch, left-padding the shorter side."""
+        mask = torch.ones(1, sequence.length, dtype=torch.long,
+                          device=cache.layers[0].keys.device)
+        if self.cache is None:
+            self.cache, self.mask, self.sequences = cache, mask, [sequence]
+            return
+        assert self.mask is not None
+        width = max(self.mask.shape[1], sequence.length)
+        theirs = [(layer.keys, layer.values) for layer in cache.layers]
+        layers = [(torch.cat([_left_pad(k0, width, 2), _left_pad(k1, width, 2)]),
+                   torch.cat([_left_pad(v0, width, 2), _left_pad(v1, width, 2)]))
+                  for (k0, v0), (k1, v1) in zip(self._layers(), theirs, strict=True)]
+        self.cache = DynamicCache(layers, config=self.config)
+        self.mask = torch.cat([_left_pad(self.mask, width, 1), _left_pad(mask, width, 1)])
+        self.sequences.append(sequence)
+
+    def keep_running(self) -> None:
+        """Drop finished sequences, then the columns that are padding for every one left."""
+        keep = [i for i, s in enumerate(self.sequences) if not s.finished]
+        if len(keep) == len(self.sequences):
+            return
+        if not keep:
+            self.cache, self.mask, self.sequences = None, None, []
+            return
+        assert self.mask is not None
+        rows = torch.tensor(keep, device=self.mask.device)
+        mask = self.mask[rows]
+        start = int((mask.sum(0) > 0).nonzero()[0])
+        layers = [(k[rows, :, start:], v[rows, :, start:]) for k, v in self._layers()]
+        self.cache = DynamicCache(layers, config=self.config)
+        self.mask = mask[:, start:]
+        self.sequences = [self.sequences[i] for i in keep]
 
 
 class Generator:
-    """Runs decode loops for a causal LM on one worker thread and streams their text."""
+    """Decodes many requests at once on one thread and streams each one's text."""
 
-    def __init__(self, loaded: LoadedModel, metrics: ServerMetrics, max_waiting: int) -> None:
-        self.loaded, self.metrics, self.max_waiting = loaded, metrics, max_waiting
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slimforge-decode")
+    def __init__(self, loaded: LoadedModel, metrics: ServerMetrics, max_waiting: int,
+                 max_running: int = 16) -> None:
+        self.loaded, self.metrics = loaded, metrics
+        self.max_waiting, self.max_running = max_waiting, max_running
+        self.eos = {loaded.tokenizer.eos_token_id} - {None}
+        self._incoming: queue.SimpleQueue[_Sequence] = queue.SimpleQueue()
         self._waiting = 0
         self._lock = threading.Lock()
-        self.eos = {loaded.tokenizer.eos_token_id} - {None}
+        self._closing = threading.Event()
+        self._abort = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="slimforge-decode", daemon=True)
+        self._thread.start()
 
-    def _pick(self, logits: torch.Tensor, request: GenerationRequest,
-              generator: torch.Generator | None) -> int:
-        if request.temperature <= 0:
-            return int(logits.argmax())
-        probs = torch.softmax(logits.float() / request.temperature, dim=-1)
-        if request.top_p < 1.0:
-            ordered, index = probs.sort(descending=True)
-            keep = ordered.cumsum(-1) - ordered < request.top_p
-            probs = torch.zeros_like(probs).scatter(-1, index[keep], ordered[keep])
-        return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
+    # -- the decode thread -------------------------------------------------------------
+
+    def _run(self) -> None:
+        batch = _Batch(self.loaded.model.config)
+        while not self._abort.is_set():
+            self._admit(batch)
+            if not batch.sequences:
+                if self._closing.is_set() and self._incoming.empty():
+                    return
+                continue
+            try:
+                self._step(batch)
+            except Exception as exc:  # fails the running requests, not the server
+                for sequence in batch.sequences:
+                    self._finish(sequence, "error", exc)
+            batch.keep_running()
+        for sequence in batch.sequences:
+            self._finish(sequence, "error", GeneratorClosedError())
+        while not self._incoming.empty():
+            self._finish(self._incoming.get(), "error", GeneratorClosedError())
+
+    def _admit(self, batch: _Batch) -> None:
+        """Prefill waiting requests into the batch (block briefly when it is empty)."""
+        while len(batch.sequences) < self.max_running:
+            try:
+                sequence = self._incoming.get(timeout=0.05) if not batch.sequences else \
+                    self._incoming.get_nowait()
+            except queue.Empty:
+                return
+            with self._lock:
+                self._waiting -= 1
+            try:
+                self._prefill(batch, sequence)
+            except Exception as exc:
+                self._finish(sequence, "error", exc)
 
     @torch.inference_mode()
-    def _decode(self, request: GenerationRequest, emit: Callable[[tuple], None]) -> None:
-        model = self.loaded.model
-        generator = None
-        if request.seed is not None:
-            generator = torch.Generator().manual_seed(request.seed)
-        ids = torch.tensor([request.prompt_ids], device=self.loaded.device)
-        out = model(input_ids=ids, use_cache=True)
-        for _ in range(request.max_tokens):
-            token = self._pick(out.logits[0, -1], request, generator)
-            if token in self.eos:
-                emit(("stop", None))
-                return
-            emit(("token", token))
-            step = torch.tensor([[token]], device=self.loaded.device)
-            out = model(input_ids=step, past_key_values=out.past_key_values, use_cache=True)
-        emit(("length", None))
+    def _prefill(self, batch: _Batch, sequence: _Sequence) -> None:
+        if time.monotonic() > sequence.deadline:
+            self._finish(sequence, "timeout")
+            return
+        ids = torch.tensor([sequence.request.prompt_ids], device=self.loaded.device)
+        out = self.loaded.model(input_ids=ids, use_cache=True)
+        sequence.length = ids.shape[1]
+        self._advance(sequence, out.logits[0, -1])
+        if any(type(layer) is not DynamicLayer for layer in out.past_key_values.layers):
+            self.max_running = 1  # sliding-window or other caches: no stacking, one at a time
+        if not sequence.finished:
+            batch.join(sequence, out.past_key_values)
+
+    @torch.inference_mode()
+    def _step(self, batch: _Batch) -> None:
+        assert batch.mask is not None
+        device = batch.mask.device
+        ids = torch.tensor([[s.next_token] for s in batch.sequences], device=device)
+        positions = torch.tensor([[s.length] for s in batch.sequences], device=device)
+        batch.mask = torch.cat([batch.mask, batch.mask.new_ones(len(ids), 1)], dim=1)
+        out = self.loaded.model(input_ids=ids, attention_mask=batch.mask,
+                                position_ids=positions, past_key_values=batch.cache,
+                                use_cache=True)
+        batch.cache = out.past_key_values
+        now = time.monotonic()
+        for row, sequence in enumerate(batch.sequences):
+            sequence.length += 1
+            if now > sequence.deadline:
+                self._finish(sequence, "timeout")
+            else:
+                self._advance(sequence, out.logits[row, -1])
+
+    def _advance(self, sequence: _Sequence, logits: torch.Tensor) -> None:
+        """Pick the sequence's next token and send it, or end the sequence."""
+        token = _pick(logits, sequence.request, sequence.sampler)
+        if token in self.eos:
+            self._finish(sequence, "stop")
+            return
+        sequence.emit(("token", token))
+        sequence.produced += 1
+        sequence.next_token = token
+        if sequence.produced >= sequence.request.max_tokens:
+            self._finish(sequence, "length")
+
+    @staticmethod
+    def _finish(sequence: _Sequence, reason: str, error: Exception | None = None) -> None:
+        sequence.finished = True
+        sequence.emit(("error", error) if error is not None else (reason, None))
+        sequence.emit(("done", None))
+
+    # -- the event loop side -----------------------------------------------------------
 
     async def stream(self, request: GenerationRequest, received: float
                      ) -> AsyncIterator[tuple[str, Any]]:
         """Yield `("text", piece)` as tokens arrive, then `("finish", (reason, tokens))`
-        with reason `stop` (end of sequence) or `length` (`max_tokens` reached).
+        with reason `stop` (end of sequence), `length` (`max_tokens` reached) or `timeout`
+        (the request's deadline passed).
 
         Raises:
             GeneratorBusyError: `max_waiting` requests are already waiting.
+            GeneratorClosedError: the server shut down first.
         """
         with self._lock:
-            if self._waiting >= self.max_waiting:
+            if self._waiting >= self.max_waiting or self._closing.is_set():
                 raise GeneratorBusyError()
             self._waiting += 1
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-
-        def emit(event: tuple[str, int | None]) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, event)
-
-        def run() -> None:
-            with self._lock:
-                self._waiting -= 1
-            try:
-                self._decode(request, emit)
-            except Exception as exc:  # surfaced to the request, not the worker
-                emit(("error", exc))
-            finally:
-                loop.call_soon_threadsafe(queue.put_nowait, _DONE)
-
-        loop.run_in_executor(self._pool, run)
+        events: asyncio.Queue = asyncio.Queue()
+        sampler = None if request.seed is None else torch.Generator().manual_seed(request.seed)
+        self._incoming.put(_Sequence(
+            request, lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
+            received + request.timeout_s, sampler))
         tokens: list[int] = []
         text, last = "", None
-        while (event := await queue.get()) is not _DONE:
+        while (event := await events.get())[0] != "done":
             kind, value = event
             if kind == "error":
                 raise value
@@ -133,6 +288,12 @@ class Generator:
                 yield "text", full[len(text):]
                 text = full
 
-    def close(self) -> None:
-        """Let running decodes finish, then stop the worker."""
-        self._pool.shutdown(wait=True)
+    def close(self, timeout_s: float = 30.0) -> bool:
+        """Take no new requests, let accepted ones finish (up to `timeout_s`), then stop;
+        True if every one finished in time."""
+        self._closing.set()
+        self._thread.join(timeout_s)
+        finished = not self._thread.is_alive()
+        self._abort.set()
+        self._thread.join()
+        return finished

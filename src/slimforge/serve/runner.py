@@ -17,6 +17,7 @@ and freed heap memory is handed back to the OS every `TRIM_EVERY_BATCHES` batche
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from collections.abc import Sequence
@@ -32,6 +33,8 @@ PAD_TO_MULTIPLE_OF = 32
 unpadded, 1.57 GB padded; docs/benchmarks.md)."""
 TRIM_EVERY_BATCHES = 10
 """How often freed heap memory is handed back to the OS (glibc keeps it otherwise)."""
+WARM_ROWS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+"""Rows per call that `warm_up` runs (capped at the batch size)."""
 MAX_CALL_COST = 4096
 """Cap on the calibrated call cost, in tokens: beyond it batches are never split anyway."""
 
@@ -107,12 +110,11 @@ class BatchRunner:
 
         Times a call on one short input and on `rows` inputs of 4x the length (median of
         `repeats`); the per-token cost is the slope between them, the call cost what is left
-        of the short call. Also warms the kernels up. Returns the call cost in tokens.
+        of the short call. Returns the call cost in tokens.
         """
         if self.loaded.tokenizer is None:
             return 0.0
-        token = self.loaded.tokenizer.unk_token_id or 0
-        small, large = [[token] * short], [[token] * (4 * short)] * rows
+        small, large = self._dummy(1, short), self._dummy(rows, 4 * short)
         timings = []
         for _ in range(repeats + 1):  # the first round is warm-up
             timings.append((self._timed(small), self._timed(large)))
@@ -121,6 +123,26 @@ class BatchRunner:
         per_token = max(t_large - t_small, 1e-9) / (4 * short * rows - short)
         self.call_cost = min(max(t_small / per_token - short, 0.0), MAX_CALL_COST)
         return self.call_cost
+
+    @torch.inference_mode()
+    def warm_up(self, max_rows: int, max_tokens: int) -> int:
+        """Run the shapes traffic will bring, once each, before the first request: padded
+        lengths up to `max_tokens` times `WARM_ROWS` rows up to `max_rows`. The CPU kernels
+        build a plan per shape and the allocator grows to its working size here, not under
+        the first users (first-request latency, and memory that looks like a leak).
+        Returns the number of model calls made."""
+        if self.loaded.tokenizer is None:
+            return 0
+        rows = sorted({min(r, max_rows) for r in WARM_ROWS})
+        lengths = range(PAD_TO_MULTIPLE_OF, padded(max_tokens) + 1, PAD_TO_MULTIPLE_OF)
+        for n, length in itertools.product(rows, lengths):
+            self._forward(self._dummy(n, length))
+        release_free_memory()
+        return len(rows) * len(lengths)
+
+    def _dummy(self, rows: int, length: int) -> list[list[int]]:
+        token = self.loaded.tokenizer.unk_token_id or 0
+        return [[token] * length] * rows
 
     def _timed(self, ids: list[list[int]]) -> float:
         start = time.perf_counter()
