@@ -94,6 +94,13 @@ def test_openai_client_gets_real_minilm_embeddings(minilm_server):
     assert np.allclose(got, expected, atol=1e-4)
     assert result.usage.prompt_tokens > 10
     assert [m.id for m in client.models.list().data] == ["all-MiniLM-L6-v2"]
+    # a large request (tokenized and encoded off the event loop) gives the same vectors
+    many = [f"{texts[i % 2]} Item {i} of a longer request, padded out with words." * 4
+            for i in range(40)]
+    result = client.embeddings.create(model="all-MiniLM-L6-v2", input=many)
+    got = np.array([d.embedding for d in result.data])
+    assert got.shape == (40, 384)
+    assert np.allclose(got, embed(load_model("builtin:minilm"), many).numpy(), atol=1e-4)
 
 
 def test_every_response_carries_a_request_id_and_process_time(tiny):

@@ -44,6 +44,11 @@ from slimforge.serve.metrics import ServerMetrics
 from slimforge.serve.runner import BatchRunner
 
 log = logging.getLogger("slimforge.serve")
+INLINE_CHARS = 4096
+"""Requests with up to this many characters are tokenized on the event loop (~0.1 ms);
+larger ones on a thread, so one big request does not stall every other."""
+INLINE_VECTORS = 16
+"""Responses with up to this many vectors are encoded on the event loop; larger on a thread."""
 
 
 class ServeConfig(BaseModel):
@@ -142,7 +147,14 @@ class _Server:
                                     config.batch.max_batch_size)
                           if loaded.task == "causal-lm" else None)
 
-    def token_ids(self, texts: list[str]) -> list[list[int]]:
+    async def token_ids(self, texts: list[str]) -> list[list[int]]:
+        """`_token_ids` on the event loop for a small request; a large one (over
+        `INLINE_CHARS` characters) is tokenized on a thread, so the loop keeps serving."""
+        if sum(len(t) for t in texts) <= INLINE_CHARS:
+            return self._token_ids(texts)
+        return await asyncio.to_thread(self._token_ids, texts)
+
+    def _token_ids(self, texts: list[str]) -> list[list[int]]:
         """Each text's token ids (special tokens included), tokenized once here and batched
         as ids; 422 for a text over `max_input_tokens`, unless the server truncates."""
         tokenizer, limit = self.loaded.tokenizer, self.config.max_input_tokens
@@ -206,15 +218,16 @@ class _Server:
                            "embeddings.", "invalid_request_error", "wrong_endpoint")
         texts = [body.input] if isinstance(body.input, str) else body.input
         self.check_inputs(texts)
-        ids = self.token_ids(texts)
+        ids = await self.token_ids(texts)
         tokens = [len(x) for x in ids]
         self.metrics.tokens_in.inc(sum(tokens))
         vectors = await self.run(ids, tokens)
-        return _json({"object": "list", "model": self.name,
-                      "data": [{"object": "embedding", "index": i,
-                                "embedding": _encode(v, body.encoding_format)}
-                               for i, v in enumerate(vectors)],
-                      "usage": {"prompt_tokens": sum(tokens), "total_tokens": sum(tokens)}})
+        content = {"object": "list", "model": self.name,
+                   "data": [{"object": "embedding", "index": i,
+                             "embedding": _encode(v, body.encoding_format)}
+                            for i, v in enumerate(vectors)],
+                   "usage": {"prompt_tokens": sum(tokens), "total_tokens": sum(tokens)}}
+        return await _json_off_loop(len(vectors) > INLINE_VECTORS, content)
 
     async def predict(self, body: PredictRequest) -> Response:
         """POST /v1/predict: classifier logits or a custom model's outputs."""
@@ -227,7 +240,8 @@ class _Server:
         if texts != all(isinstance(x, str) for x in body.inputs):
             raise ApiError(422, "A model with a tokenizer takes texts; a plain module takes "
                            "lists of numbers.", "invalid_request_error", "invalid_input_type")
-        payloads: list[Any] = self.token_ids(list(body.inputs)) if texts else list(body.inputs)
+        payloads: list[Any] = (await self.token_ids(list(body.inputs)) if texts
+                               else list(body.inputs))
         tokens = [len(x) for x in payloads] if texts else [1] * len(payloads)
         if texts:
             self.metrics.tokens_in.inc(sum(tokens))
@@ -372,6 +386,11 @@ async def _chain(first: tuple[str, Any], rest: AsyncIterator) -> AsyncIterator[t
     yield first
     async for event in rest:
         yield event
+
+
+async def _json_off_loop(large: bool, content: dict[str, Any]) -> Response:
+    """`_json`, on a thread when the content is large (hundreds of vectors: tens of ms)."""
+    return await asyncio.to_thread(_json, content) if large else _json(content)
 
 
 def _json(content: dict[str, Any]) -> Response:
