@@ -280,27 +280,43 @@ def serve(
 def loadtest(
     url: str = typer.Argument(..., help="the server's base URL, e.g. http://127.0.0.1:8000"),
     model: str = typer.Option(..., help="the model id to send"),
+    endpoint: str = typer.Option("/v1/embeddings", help="/v1/embeddings, /v1/completions or "
+                                 "/v1/chat/completions (generation is streamed)"),
     concurrency: int = typer.Option(64, help="clients sending back to back"),
     requests: int = typer.Option(None, help="stop after this many (default 1,000)"),
     duration_s: float = typer.Option(None, help="stop after this many seconds"),
-    texts_per_request: int = typer.Option(1, help="inputs per request"),
+    texts_per_request: int = typer.Option(1, help="embeddings: inputs per request"),
+    max_tokens: int = typer.Option(32, help="generation: tokens per request"),
     data: str = typer.Option("builtin:stdlib-docs", help="where the texts come from"),
+    payload: str = typer.Option(None, help="request bodies from this JSON or JSON-lines file "
+                                "instead (their model field is kept)"),
 ) -> None:
-    """Send bounded concurrent embedding requests and report QPS, latency and errors.
+    """Send bounded concurrent requests and report QPS, latency and errors (and for
+    generation, tokens/s and time to first token).
 
     The API key, if the server needs one, comes from SLIMFORGE_API_KEY.
     """
     import asyncio
     import os
 
-    from slimforge.serve.loadtest import LoadConfig, corpus_payloads
+    from slimforge.serve.loadtest import (
+        LoadConfig,
+        corpus_payloads,
+        file_payloads,
+        generation_payloads,
+    )
     from slimforge.serve.loadtest import loadtest as run_loadtest
 
-    config = LoadConfig(concurrency=concurrency, requests=requests, duration_s=duration_s,
-                        api_key=os.environ.get("SLIMFORGE_API_KEY") or None)
-    result = asyncio.run(run_loadtest(url, corpus_payloads(model, texts_per_request, data=data),
-                                      config))
+    if payload:
+        bodies = file_payloads(payload)
+    elif endpoint.endswith("completions"):
+        bodies = generation_payloads(model, endpoint, max_tokens, data=data)
+    else:
+        bodies = corpus_payloads(model, texts_per_request, data=data)
+    config = LoadConfig(endpoint=endpoint, concurrency=concurrency, requests=requests,
+                        duration_s=duration_s, api_key=os.environ.get("SLIMFORGE_API_KEY") or None)
+    result = asyncio.run(run_loadtest(url, bodies, config))
     _table(f"slimforge loadtest {url}", ("figure", "value"),
            [[k, f"{v:.4g}" if isinstance(v, float) else str(v)]
-            for k, v in result.to_json().items()])
+            for k, v in result.to_json().items() if v is not None])
     _json_line(result.to_json())

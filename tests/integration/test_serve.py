@@ -327,6 +327,38 @@ def test_completions_whole_and_streamed_agree_under_greedy_decoding(tiny_llm):
     assert "slimforge_time_to_first_token_seconds_count" in metrics
 
 
+def test_loadtest_measures_streamed_generation_and_reads_payload_files(tiny_llm, tmp_path):
+    import json
+
+    def run(*args: str) -> dict:
+        done = subprocess.run([sys.executable, "-m", "slimforge", "loadtest", tiny_llm.url,
+                               "--model", "builtin:tiny-llama", "--concurrency", "3", *args],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    streamed = run("--endpoint", "/v1/completions", "--requests", "9", "--max-tokens", "8")
+    assert streamed["statuses"] == {"200": 9}
+    assert streamed["tokens_per_s"] > 0
+    assert 0 < streamed["ttft_p50_ms"] <= streamed["ttft_p95_ms"] <= streamed["p95_ms"]
+    bodies = tmp_path / "bodies.jsonl"
+    bodies.write_text("\n".join(json.dumps(
+        {"model": "builtin:tiny-llama", "prompt": q, "max_tokens": 4, "stream": True})
+        for q in ("Hi", "Hello there")))
+    from_file = run("--endpoint", "/v1/completions", "--requests", "4",
+                    "--payload", str(bodies))
+    assert from_file["statuses"] == {"200": 4}
+    assert from_file["ttft_p50_ms"] > 0
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    done = subprocess.run([sys.executable, "-m", "slimforge", "loadtest", tiny_llm.url,
+                           "--model", "m", "--payload", str(bad)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode != 0
+    assert "neither JSON nor JSON lines" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 @pytest.mark.parametrize(("path", "body", "status", "code"), [
     ("/v1/completions", {"model": "builtin:tiny-llama", "prompt": "x", "max_tokens": 33},
      422, "max_tokens_too_large"),
@@ -335,6 +367,9 @@ def test_completions_whole_and_streamed_agree_under_greedy_decoding(tiny_llm):
     ("/v1/embeddings", {"model": "builtin:tiny-llama", "input": "x"}, 404, "wrong_endpoint"),
     ("/v1/chat/completions", {"model": "builtin:tiny-llama", "messages": []}, 422,
      "invalid_body"),
+    ("/v1/chat/completions", {"model": "builtin:tiny-llama",
+                              "messages": [{"role": "user", "content": "hi"}]}, 404,
+     "no_chat_template"),
 ])
 def test_generation_refusals(tiny_llm, path, body, status, code):
     response = httpx.post(f"{tiny_llm.url}{path}", json=body, timeout=60)

@@ -283,6 +283,10 @@ class _Server:
         self.check_model(body.model)
         max_tokens = body.max_completion_tokens or body.max_tokens or 16
         self._require_generator()
+        if not getattr(self.loaded.tokenizer, "chat_template", None):
+            raise ApiError(404, f"{self.name} has no chat template; send a prompt to "
+                           "/v1/completions instead.", "invalid_request_error",
+                           "no_chat_template")
         prompt = self.loaded.tokenizer.apply_chat_template(
             [m.model_dump() for m in body.messages], tokenize=False,
             add_generation_prompt=True)

@@ -256,7 +256,9 @@ class Generator:
             GeneratorClosedError: the server shut down first.
         """
         with self._lock:
-            if self._waiting >= self.max_waiting or self._closing.is_set():
+            if self._closing.is_set():
+                raise GeneratorClosedError()
+            if self._waiting >= self.max_waiting:
                 raise GeneratorBusyError()
             self._waiting += 1
         loop = asyncio.get_running_loop()

@@ -88,6 +88,8 @@ def test_close_finishes_accepted_requests_then_refuses(tiny_llama):
         return await running, await closed
 
     (_, (reason, _)), finished = asyncio.run(go())
+    with pytest.raises(GeneratorClosedError):
+        asyncio.run(_tokens(generator, request))
     assert reason in ("stop", "length")
     assert finished
 
