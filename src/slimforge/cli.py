@@ -320,3 +320,67 @@ def loadtest(
            [[k, f"{v:.4g}" if isinstance(v, float) else str(v)]
             for k, v in result.to_json().items() if v is not None])
     _json_line(result.to_json())
+
+
+monitor_app = typer.Typer(no_args_is_help=True,
+                          help="Alert rules, a dashboard and a live view for slimforge serve.")
+app.add_typer(monitor_app, name="monitor")
+
+
+@monitor_app.command("rules")
+@friendly
+def monitor_rules(
+    out: str = typer.Option("slimforge-rules.yml", help="where to write the rules file"),
+    job: str = typer.Option(None, help="the Prometheus job scraping the servers"),
+    p95_latency_s: float = typer.Option(None, help="alert above this p95 (default 0.5 s)"),
+    error_rate: float = typer.Option(None, help="alert above this share of 5xx (default 0.01)"),
+    queue_fraction: float = typer.Option(None, help="alert above this queue fill (0.9)"),
+    memory_fraction: float = typer.Option(None, help="alert above this share of memory (0.9)"),
+    no_traffic_minutes: int = typer.Option(None, help="alert after this long with no request"),
+    for_minutes: int = typer.Option(None, help="how long a condition holds before it fires"),
+) -> None:
+    """Write Prometheus alerting rules for the served model (check: promtool check rules)."""
+    from pydantic import ValidationError
+
+    from slimforge.errors import RecipeError
+    from slimforge.monitor.rules import Thresholds, write_rules
+
+    try:
+        thresholds = Thresholds(**_options(
+            job=job, p95_latency_s=p95_latency_s, error_rate=error_rate,
+            queue_fraction=queue_fraction, memory_fraction=memory_fraction,
+            no_traffic_minutes=no_traffic_minutes, for_minutes=for_minutes))
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise RecipeError(f"Bad threshold: {problems}.",
+                          "see slimforge monitor rules --help.") from None
+    path = write_rules(out, thresholds)
+    console.print(f"wrote {path}")
+    _json_line({"rules": str(path), **thresholds.model_dump()})
+
+
+@monitor_app.command("dashboard")
+@friendly
+def monitor_dashboard(
+    out: str = typer.Option("slimforge-dashboard.json", help="where to write the dashboard"),
+    job: str = typer.Option("slimforge", help="the Prometheus job scraping the servers"),
+) -> None:
+    """Write a Grafana dashboard (JSON model) over the serve metrics."""
+    from slimforge.io.atomic import atomic_write_text
+    from slimforge.monitor.dashboard import dashboard
+
+    path = atomic_write_text(out, json.dumps(dashboard(job), indent=2))
+    console.print(f"wrote {path}")
+
+
+@monitor_app.command("watch")
+@friendly
+def monitor_watch(
+    url: str = typer.Argument(..., help="the server's base URL, e.g. http://127.0.0.1:8000"),
+    interval_s: float = typer.Option(2.0, help="seconds between readings"),
+    duration_s: float = typer.Option(60.0, help="stop after this many seconds"),
+) -> None:
+    """Show a running server's requests/s, errors, latency, batching, queue, memory and CPU."""
+    from slimforge.monitor.watch import watch
+
+    _json_line(watch(url, interval_s, duration_s))

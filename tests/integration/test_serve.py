@@ -7,69 +7,28 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.integration.servers import Server, serve_fixture
+
 KEY = "sk-test-Secret_1"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    def __init__(self, spec: str, *args: str, keys: str = "") -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "SLIMFORGE_API_KEYS": keys, "HF_HUB_OFFLINE": "1"}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "slimforge", "serve", spec, "--port", str(self.port),
-             "--threads", "1", *args], env=env, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {self.process.stderr.read()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("server did not become ready")
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=60)
-
-
-def _server(spec: str, *args: str, keys: str = "") -> Iterator[Server]:
-    server = Server(spec, *args, keys=keys)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
 def tiny() -> Iterator[Server]:
-    yield from _server("builtin:tiny-bert", "--max-inputs", "8", "--max-input-tokens", "64",
+    yield from serve_fixture("builtin:tiny-bert", "--max-inputs", "8", "--max-input-tokens", "64",
                        "--max-body-bytes", "4096", keys=f"other-key,{KEY}")
 
 
 @pytest.fixture(scope="module")
 def minilm_server() -> Iterator[Server]:
-    yield from _server("builtin:minilm", "--model-name", "all-MiniLM-L6-v2")
+    yield from serve_fixture("builtin:minilm", "--model-name", "all-MiniLM-L6-v2")
 
 
 def _post(server: Server, body: dict, key: str | None = KEY, **headers: str) -> httpx.Response:
@@ -298,7 +257,7 @@ def test_predict_serves_a_custom_module_and_refuses_texts():
 
 @pytest.fixture(scope="module")
 def tiny_llm() -> Iterator[Server]:
-    yield from _server("builtin:tiny-llama", "--max-tokens", "32")
+    yield from serve_fixture("builtin:tiny-llama", "--max-tokens", "32")
 
 
 def test_completions_whole_and_streamed_agree_under_greedy_decoding(tiny_llm):

@@ -5,7 +5,8 @@ base units in the name (`_seconds`, `_bytes`), counters ending in `_total`, hist
 than summaries (they aggregate across replicas). `slimforge_model_info` carries the artifact's
 spec, variant (its compression steps) and sha256, so a compressed and an uncompressed replica
 can be told apart on one dashboard. Process CPU and memory come from prometheus-client's
-process collector.
+process collector; `slimforge_memory_limit_bytes` and `slimforge_queue_capacity` are the
+denominators the alert rules (`slimforge.monitor.rules`) divide by.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from slimforge.serve.memory import memory_limit_bytes
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -27,10 +30,14 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 class ServerMetrics:
     """Every metric the server exports, registered on its own registry."""
 
-    def __init__(self, model_info: dict[str, str]) -> None:
+    def __init__(self, model_info: dict[str, str], queue_capacity: int | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         ProcessCollector(registry=r)
+        limit = memory_limit_bytes()
+        if limit is not None:  # what process_resident_memory_bytes is measured against
+            Gauge("slimforge_memory_limit_bytes", "Memory this process may use (cgroup limit, "
+                  "else the machine's)", registry=r).set(limit)
         self.requests = Counter("slimforge_requests", "Requests answered",
                                 ["endpoint", "status"], registry=r)
         self.duration = Histogram("slimforge_request_duration_seconds",
@@ -53,6 +60,10 @@ class ServerMetrics:
         self.inter_token = Histogram("slimforge_inter_token_latency_seconds",
                                      "Generation: time between consecutive tokens",
                                      buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_capacity = Gauge("slimforge_queue_capacity",
+                                    "Most inputs that may wait (beyond: 429)", registry=r)
+        if queue_capacity is not None:
+            self.queue_capacity.set(queue_capacity)
         self.rejected = Counter("slimforge_rejected_requests",
                                 "Requests refused before running", ["reason"], registry=r)
         Info("slimforge_model", "The served model", registry=r).info(model_info)

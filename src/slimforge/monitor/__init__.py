@@ -1,0 +1,1 @@
+"""Watching a served model: alert rules, dashboards and a live terminal view."""
