@@ -322,6 +322,35 @@ def loadtest(
     _json_line(result.to_json())
 
 
+@app.command("profile")
+@friendly
+def profile_command(
+    spec: str = typer.Argument(..., help=SPEC_HELP),
+    task: str = typer.Option(None, help="override the guessed task"),
+    batch: int = typer.Option(None, help="inputs per step (default: 1 to decode, 32 to encode)"),
+    seq: int = typer.Option(None, help="tokens per input (default 128), or the decode prompt "
+                            "(default 32)"),
+    trace: str = typer.Option(None, help="write a Chrome trace here (chrome://tracing)"),
+    threads: int = typer.Option(None, help="intra-op threads"),
+) -> None:
+    """Where the time goes, and whether a step is compute-, memory- or overhead-bound here."""
+    from slimforge.bench.profile import profile
+    from slimforge.models.load import load_model
+    from slimforge.runtime import setup_runtime
+
+    setup_runtime(threads=threads)
+    result = profile(load_model(spec, task=task), batch, seq, trace)
+    _table(f"slimforge profile {spec}: {result.workload}", ("operator", "ms/step", "share",
+                                                             "calls", "MB allocated/step"),
+           [[o["op"], f"{o['ms_per_step']:.2f}", f"{o['share']:.0%}", str(o["calls"]),
+             f"{o['memory_mb_per_step']:.1f}"] for o in result.top_ops])
+    _table("time by module (inclusive)", ("module", "ms/step", "share"),
+           [[m["module"], f"{m['ms_per_step']:.2f}", f"{m['share']:.0%}"]
+            for m in result.top_modules])
+    console.print(result.verdict, highlight=False, soft_wrap=True)
+    _json_line(result.to_json())
+
+
 monitor_app = typer.Typer(no_args_is_help=True,
                           help="Alert rules, a dashboard and a live view for slimforge serve.")
 app.add_typer(monitor_app, name="monitor")
