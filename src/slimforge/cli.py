@@ -351,6 +351,29 @@ def profile_command(
     _json_line(result.to_json())
 
 
+@app.command("cost")
+@friendly
+def cost_command(
+    run_dir: str = typer.Argument(..., help="a run folder from slimforge bench or optimize"),
+    prices: str = typer.Option(..., help="YAML price table: instances: {NAME: "
+                               "{price_per_hour: P, replicas: N}}"),
+    target_per_s: float = typer.Option(None, help="the load to plan for, in the run's unit "
+                                       "per second"),
+) -> None:
+    """Cost per million texts (or generated tokens) of every candidate on every instance,
+    and the replicas and monthly price for a target load."""
+    from slimforge.bench.cost import cost_table, load_prices, rows_to_json, throughputs_of_run
+
+    rows = cost_table(throughputs_of_run(run_dir), load_prices(prices), target_per_s)
+    _table(f"slimforge cost {run_dir}", ("candidate", "instance", "per s", "per million",
+                                         "replicas", "instances", "per month"),
+           [[r.candidate, r.instance, f"{r.per_s_per_instance:,.1f} {r.unit}",
+             f"{r.cost_per_million:,.4f}", *(("-",) * 3 if r.replicas is None else (
+                 str(r.replicas), str(r.instances), f"{r.monthly_cost:,.2f}"))]
+            for r in rows])
+    _json_line({"rows": rows_to_json(rows)})
+
+
 monitor_app = typer.Typer(no_args_is_help=True,
                           help="Alert rules, a dashboard and a live view for slimforge serve.")
 app.add_typer(monitor_app, name="monitor")

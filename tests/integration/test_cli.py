@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
+
+import pytest
 
 
 def slimforge(*args: str, cwd) -> subprocess.CompletedProcess:
@@ -52,6 +55,20 @@ def test_evaluate_int8_against_reference_and_optimize_tiny(tmp_path):
     assert summary["selected"] in {"baseline", "int8"}
     assert set(summary["stages"]) == {"baseline", "int8"}
     assert "report:" in done.stderr
+    # the run priced: both stages, from the throughput the run measured
+    (tmp_path / "prices.yaml").write_text("instances: {small: {price_per_hour: 0.1}}\n")
+    (run,) = (tmp_path / "runs").iterdir()
+    priced = slimforge("cost", str(run), "--prices", "prices.yaml", "--target-per-s", "1000",
+                       cwd=tmp_path)
+    assert priced.returncode == 0, priced.stderr
+    rows = last_json(priced.stdout)["rows"]
+    assert {r["candidate"] for r in rows} == {"baseline", "int8"}
+    measured = json.loads((run / "metrics.json").read_text())["stages"]
+    for row in rows:
+        per_s = next(s["bench"]["throughput_per_s"] for s in measured
+                     if s["name"] == row["candidate"])
+        assert row["cost_per_million"] == pytest.approx(0.1 / (per_s * 3600) * 1e6)
+        assert row["replicas"] == math.ceil(1000 / per_s)
 
 
 def test_user_errors_exit_2_without_traceback(tmp_path):
