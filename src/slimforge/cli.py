@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from slimforge.errors import SlimforgeError
+from slimforge.errors import SlimforgeError, validation_problems
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Make a model smaller and faster, and measure what every step bought.")
@@ -267,7 +267,7 @@ def serve(
                        request_timeout_s=request_timeout_s,
                        drain_timeout_s=drain_timeout_s))
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = validation_problems(exc)
         raise RecipeError(f"Bad server option: {problems}.", "see slimforge serve --help.") \
             from None
     console.print(f"serving {spec} on http://{host}:{port} "
@@ -403,7 +403,7 @@ def monitor_rules(
             queue_fraction=queue_fraction, memory_fraction=memory_fraction,
             no_traffic_minutes=no_traffic_minutes, for_minutes=for_minutes))
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = validation_problems(exc)
         raise RecipeError(f"Bad threshold: {problems}.",
                           "see slimforge monitor rules --help.") from None
     path = write_rules(out, thresholds)

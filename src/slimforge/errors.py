@@ -1,12 +1,20 @@
 """The error types users see.
 
-Owns: `SlimforgeError(message, fix)` and its few subclasses. Every failure a user can cause
+Owns: `SlimforgeError(message, fix)`, its few subclasses, and `validation_problems` (a
+pydantic error in one line). Every failure a user can cause
 (a bad spec, a corrupt file, an empty dataset, a malformed recipe) is raised as one of these at
 the boundary where it is detected, so the CLI can print one line, never a traceback.
 Does not own: how errors are rendered (that is `cli.py`).
 """
 
 from __future__ import annotations
+
+from typing import Any
+
+
+def validation_problems(exc: Any) -> str:
+    """A pydantic `ValidationError` as one line: `field.path: what is wrong; ...`."""
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
 
 
 class SlimforgeError(Exception):

@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from slimforge.errors import DataError
+from slimforge.errors import DataError, validation_problems
 
 HOURS_PER_MONTH = 730
 
@@ -57,7 +57,7 @@ def load_prices(path: str | Path) -> PriceTable:
     except yaml.YAMLError as exc:
         raise DataError(f"The price table {path} is not YAML: {exc}.", fix) from None
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = validation_problems(exc)
         raise DataError(f"The price table {path} is not valid: {problems}.", fix) from None
 
 

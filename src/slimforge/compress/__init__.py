@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
-from slimforge.errors import RecipeError, SlimforgeError
+from slimforge.errors import RecipeError, SlimforgeError, validation_problems
 from slimforge.registry import Registry
 
 if TYPE_CHECKING:
@@ -130,7 +130,7 @@ def parse_step(spec: dict[str, Any]) -> tuple[CompressionStep, StepConfig]:
     try:
         return step, step.config_type.model_validate(fields)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = validation_problems(exc)
         raise RecipeError(f"Step {name!r} has a bad config: {problems}.",
                           f"see the fields of {step.config_type.__name__}.") from None
 
