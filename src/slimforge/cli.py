@@ -389,6 +389,7 @@ def monitor_rules(
     queue_fraction: float = typer.Option(None, help="alert above this queue fill (0.9)"),
     memory_fraction: float = typer.Option(None, help="alert above this share of memory (0.9)"),
     no_traffic_minutes: int = typer.Option(None, help="alert after this long with no request"),
+    gpu_utilization: float = typer.Option(None, help="alert below this GPU use (0.3)"),
     for_minutes: int = typer.Option(None, help="how long a condition holds before it fires"),
 ) -> None:
     """Write Prometheus alerting rules for the served model (check: promtool check rules)."""
@@ -401,7 +402,8 @@ def monitor_rules(
         thresholds = Thresholds(**_options(
             job=job, p95_latency_s=p95_latency_s, error_rate=error_rate,
             queue_fraction=queue_fraction, memory_fraction=memory_fraction,
-            no_traffic_minutes=no_traffic_minutes, for_minutes=for_minutes))
+            no_traffic_minutes=no_traffic_minutes, gpu_utilization=gpu_utilization,
+            for_minutes=for_minutes))
     except ValidationError as exc:
         problems = validation_problems(exc)
         raise RecipeError(f"Bad threshold: {problems}.",

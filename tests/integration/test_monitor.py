@@ -62,6 +62,9 @@ CASES = {
         _series("slimforge_requests_total", "good", "0+10x40", endpoint="/v1/embeddings",
                 status="200"),
         _series("slimforge_requests_in_flight", "good", "0x40")], "25m"),
+    "SlimforgeGpuUnderused": ([
+        _series("slimforge_gpu_utilization_ratio", "bad", "0.1x40"),
+        _series("slimforge_gpu_utilization_ratio", "good", "0.8x40")], "35m"),
 }
 
 
@@ -86,7 +89,7 @@ def test_rules_pass_promtool_check_and_fire_only_on_the_bad_replica(tmp_path):
     checked = subprocess.run(["promtool", "check", "rules", str(tmp_path / "rules.yml")],
                              capture_output=True, text=True, timeout=60)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 6 rules found" in checked.stdout
+    assert "SUCCESS: 7 rules found" in checked.stdout
     tests = []
     for rule in rules:
         series, at = CASES[rule["alert"]]
@@ -129,6 +132,7 @@ def test_the_dashboard_reads_only_metrics_the_server_exports(tiny_server):
     from prometheus_client.parser import text_string_to_metric_families
 
     from slimforge.monitor.dashboard import dashboard, metric_names
+    from slimforge.serve.metrics import GPU_METRICS
 
     _traffic(tiny_server.url, 0.5)
     text = httpx.get(f"{tiny_server.url}/metrics").text
@@ -139,8 +143,9 @@ def test_the_dashboard_reads_only_metrics_the_server_exports(tiny_server):
     board = dashboard()
     wanted = metric_names(board)
     assert len(wanted) >= 15
-    assert wanted <= exported, wanted - exported
-    assert len(board["panels"]) == 13
+    assert wanted - GPU_METRICS <= exported, wanted - GPU_METRICS - exported
+    assert not exported & GPU_METRICS  # no GPU here: absent, not zero
+    assert len(board["panels"]) == 14
 
 
 def test_watch_reports_live_rates(tiny_server):
@@ -216,5 +221,5 @@ def test_a_real_prometheus_scrapes_the_server_and_answers_p95(tiny_server, tmp_p
         prometheus.wait(timeout=30)
     assert p95 is not None
     assert 0 < float(p95) < 10
-    assert len(rules) == 6
+    assert len(rules) == 7
     assert {r["health"] for r in rules} == {"ok"}

@@ -22,6 +22,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from slimforge.bench import measure
+from slimforge.bench.resources import ResourceSampler
 from slimforge.data.sources import STDLIB_DOCS, load_texts
 from slimforge.errors import SlimforgeError
 from slimforge.models.load import load_model
@@ -79,6 +80,9 @@ class BenchResult:
     prefill_tokens_per_s: float | None = None
     decode_tokens_per_s: float | None = None
     cuda_peak_mb: float | None = None
+    resources: dict[str, Any] = field(default_factory=dict)
+    """CPU %, RSS and (where NVML answers) GPU utilisation, memory and energy, sampled every
+    0.1 s while measuring (`bench/resources.py`)."""
     anchor: BenchResult | None = None
     vs_anchor: dict[str, float] = field(default_factory=dict)
 
@@ -101,6 +105,7 @@ class _Plan:
     throughput: Call
     prefill: Call | None
     samples: dict[str, list[float]] = field(default_factory=dict)
+    resources: ResourceSampler = field(default_factory=ResourceSampler)  # every round's samples
     peak_rss: float = 0.0
     cuda_peak: float = 0.0
 
@@ -169,15 +174,18 @@ def _measure_round(plan: _Plan, config: BenchConfig, repeats: int, heavy: int,
     if sync:
         torch.cuda.reset_peak_memory_stats()
     causal = plan.loaded.task == "causal-lm"
-    if causal:
-        prompts = -(-repeats // config.decode_tokens)  # enough prompts for `repeats` steps
-        lat = _steps_of(plan.latency, min(config.warmup, 1), prompts)
-        thr = _steps_of(plan.throughput, 1, heavy)
-        pre = measure.time_calls(plan.prefill, 1, heavy, sync)
-        plan.samples.setdefault("prefill", []).extend(pre)
-    else:
-        lat = measure.time_calls(plan.latency, config.warmup, repeats, sync)
-        thr = measure.time_calls(plan.throughput, 1, heavy, sync)
+    gpu = (plan.loaded.device.index or 0) if sync else None
+    with ResourceSampler(gpu_index=gpu) as sampler:
+        if causal:
+            prompts = -(-repeats // config.decode_tokens)  # enough prompts for `repeats`
+            lat = _steps_of(plan.latency, min(config.warmup, 1), prompts)
+            thr = _steps_of(plan.throughput, 1, heavy)
+            pre = measure.time_calls(plan.prefill, 1, heavy, sync)
+            plan.samples.setdefault("prefill", []).extend(pre)
+        else:
+            lat = measure.time_calls(plan.latency, config.warmup, repeats, sync)
+            thr = measure.time_calls(plan.throughput, 1, heavy, sync)
+    plan.resources.samples.extend(sampler.samples)
     plan.samples.setdefault("latency", []).extend(lat)
     plan.samples.setdefault("throughput", []).extend(thr)
     plan.peak_rss = max(plan.peak_rss, measure.peak_rss_mb())
@@ -202,6 +210,7 @@ def _result(plan: _Plan, config: BenchConfig, threads: int, device: str) -> Benc
                           else f"batch {config.batch_size} x {config.seq_len} tokens"),
         peak_rss_mb=plan.peak_rss, size_mb=measure.size_on_disk_mb(loaded.model),
         parameters=params, sparsity=sparsity, threads=threads, device=device,
+        resources=plan.resources.summary(),
     )
     if causal:
         result.decode_tokens_per_s = 1000.0 / (sum(lat) / len(lat))

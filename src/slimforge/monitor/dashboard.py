@@ -51,6 +51,10 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
         (f"slimforge_memory_limit_bytes{{{SEL}}}", "{{instance}} limit")]),
     ("CPU (cores busy)", "none", [
         (f"rate(process_cpu_seconds_total{{{SEL}}}[$__rate_interval])", "{{instance}}")]),
+    ("GPU utilisation and memory (GPU servers only)", "percentunit", [
+        (f"slimforge_gpu_utilization_ratio{{{SEL}}}", "{{instance}} busy"),
+        (f"slimforge_gpu_memory_used_bytes{{{SEL}}} / slimforge_gpu_memory_total_bytes"
+         f"{{{SEL}}}", "{{instance}} memory")]),
     ("Served model", "none", [
         (f"slimforge_model_info{{{SEL}}}", "{{instance}} {{variant}} {{sha256}}")]),
 ]

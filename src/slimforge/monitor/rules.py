@@ -12,11 +12,12 @@ replica (`job`, `instance`), so one slow replica is not averaged away by healthy
 | SlimforgeQueueSaturated | queued inputs over `queue_fraction` (90%) of the queue's capacity |
 | SlimforgeMemoryHigh | resident memory over `memory_fraction` (90%) of the process' limit |
 | SlimforgeNoTraffic | no /v1 request for `no_traffic_minutes` (15) |
+| SlimforgeGpuUnderused | GPU busy under `gpu_utilization` (30%) on average over 15 minutes |
 
 Every rule has a `promtool test rules` case that fires on a bad series and stays silent on a
-good one (tests/integration/test_monitor.py). GPU utilisation is not among them yet: the
-server exports no GPU metrics (no NVML reading), and a rule over a series that never exists
-would never fire.
+good one (tests/integration/test_monitor.py). The GPU rule reads `slimforge_gpu_utilization_
+ratio`, which a server exports only on a GPU that NVML can read: on a CPU server it has
+nothing to judge and stays silent.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ class Thresholds(BaseModel):
     queue_fraction: float = Field(0.9, gt=0, le=1)
     memory_fraction: float = Field(0.9, gt=0, le=1)
     no_traffic_minutes: int = Field(15, ge=1)
+    gpu_utilization: float = Field(0.3, gt=0, lt=1)
+    """Below this average GPU utilisation the replica wastes its GPU."""
     for_minutes: int = Field(5, ge=0)
     """How long a condition must hold before it fires."""
 
@@ -84,6 +87,11 @@ def alert_rules(t: Thresholds) -> dict[str, Any]:
               f"Resident memory is over {t.memory_fraction:.0%} of the limit"),
         _rule("SlimforgeNoTraffic", f"({traffic}) == 0", t.no_traffic_minutes, "info",
               f"No /v1 request in {t.no_traffic_minutes} minutes"),
+        _rule("SlimforgeGpuUnderused",
+              f"avg_over_time(slimforge_gpu_utilization_ratio{{{job}}}[15m]) < "
+              f"{t.gpu_utilization}", 15, "info",
+              f"The GPU is busy less than {t.gpu_utilization:.0%} of the time: fewer or "
+              "smaller GPUs would do"),
     ]
     return {"groups": [{"name": "slimforge", "rules": rules}]}
 

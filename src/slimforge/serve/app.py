@@ -139,7 +139,8 @@ class _Server:
     def __init__(self, loaded: LoadedModel, config: ServeConfig, model_info: dict[str, str]):
         self.loaded, self.config = loaded, config
         self.name = config.model_name or loaded.spec
-        self.metrics = ServerMetrics(model_info, config.batch.max_queue)
+        gpu = (loaded.device.index or 0) if loaded.device.type == "cuda" else None
+        self.metrics = ServerMetrics(model_info, config.batch.max_queue, gpu)
         self.runner = BatchRunner(loaded)
         self.batcher = DynamicBatcher(self.runner, config.batch, self.metrics.observe_batch)
         self.ready = False
