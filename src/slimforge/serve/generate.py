@@ -69,6 +69,7 @@ class _Sequence:
     produced: int = 0
     next_token: int = -1
     finished: bool = False
+    cancelled: bool = False  # set by the event loop when nobody reads the stream any more
 
 
 def _pick(logits: torch.Tensor, request: GenerationRequest,
@@ -194,6 +195,8 @@ class Generator:
 
     @torch.inference_mode()
     def _prefill(self, batch: _Batch, sequence: _Sequence) -> None:
+        if sequence.cancelled:
+            return
         if time.monotonic() > sequence.deadline:
             self._finish(sequence, "timeout")
             return
@@ -220,7 +223,9 @@ class Generator:
         now = time.monotonic()
         for row, sequence in enumerate(batch.sequences):
             sequence.length += 1
-            if now > sequence.deadline:
+            if sequence.cancelled:  # the client went away: stop spending steps on it
+                sequence.finished = True
+            elif now > sequence.deadline:
                 self._finish(sequence, "timeout")
             else:
                 self._advance(sequence, out.logits[row, -1])
@@ -264,9 +269,18 @@ class Generator:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
         sampler = None if request.seed is None else torch.Generator().manual_seed(request.seed)
-        self._incoming.put(_Sequence(
+        sequence = _Sequence(
             request, lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
-            received + request.timeout_s, sampler))
+            received + request.timeout_s, sampler)
+        self._incoming.put(sequence)
+        try:
+            async for item in self._read(events, received):
+                yield item
+        finally:  # finished, failed, or the reader stopped (a client that disconnected)
+            sequence.cancelled = True
+
+    async def _read(self, events: asyncio.Queue, received: float
+                    ) -> AsyncIterator[tuple[str, Any]]:
         tokens: list[int] = []
         text, last = "", None
         while (event := await events.get())[0] != "done":

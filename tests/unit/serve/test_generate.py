@@ -108,3 +108,23 @@ def test_close_past_its_timeout_fails_what_is_left(tiny_llama):
 
     with pytest.raises(GeneratorClosedError):
         asyncio.run(go())
+
+
+def test_a_reader_that_goes_away_stops_its_decode(generator, tiny_llama):
+    generator.eos = set()
+    request = GenerationRequest(tiny_llama.tokenizer("Hello")["input_ids"], max_tokens=100_000,
+                                timeout_s=60)
+
+    async def go():
+        events = generator.stream(request, time.monotonic())
+        for _ in range(3):
+            await anext(events)
+        await events.aclose()  # what a disconnected streaming client amounts to
+        await asyncio.sleep(0.2)
+        after_close = len(tiny_llama.model.steps)
+        await asyncio.sleep(0.3)
+        return after_close, len(tiny_llama.model.steps)
+
+    after_close, later = asyncio.run(go())
+    assert later == after_close  # no decode step since
+    assert later < 1000  # far from the 100,000 asked for
