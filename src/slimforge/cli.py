@@ -240,8 +240,9 @@ def serve(
 ) -> None:
     """Serve a model over HTTP: OpenAI-compatible endpoints, dynamic batching, /metrics.
 
-    Generation (/v1/completions, /v1/chat/completions, streamed or whole) runs one request at
-    a time in arrival order; embeddings and predictions are batched.
+    Embeddings and predictions are batched dynamically; generation (/v1/completions,
+    /v1/chat/completions, streamed or whole) is batched continuously: a request that arrives
+    mid-decode joins at the next step.
 
     API keys come from the SLIMFORGE_API_KEYS environment variable (comma-separated), never
     from the command line, where other users of the machine could read them.
