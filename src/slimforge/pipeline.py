@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from slimforge.bench.bench import BenchResult, benchmark
+from slimforge.bench.cost import cost_table, load_prices, rows_to_json, throughput_of_bench
 from slimforge.compress import apply_step
 from slimforge.data.sources import load_texts
 from slimforge.errors import SlimforgeError
@@ -133,6 +134,7 @@ def optimize(recipe: Recipe | str | Path | None = None, output_dir: str | None =
     """
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
+    prices = load_prices(recipe.cost.prices) if recipe.cost else None  # before any work
     base_model = load_model(recipe.model, recipe.task)
     base_eval = evaluate(base_model, recipe.data, config=recipe.eval)
     calibration = _calibration(recipe)
@@ -146,6 +148,9 @@ def optimize(recipe: Recipe | str | Path | None = None, output_dir: str | None =
     winner, reason = _pick(stages, recipe.select)
     summary = {"model": recipe.model, "data": base_eval.data, "selected": winner.name,
                "reason": reason, "stages": [s.to_json(s is winner) for s in stages]}
+    if recipe.cost is not None and prices is not None:
+        measured = [throughput_of_bench(s["name"], s["bench"]) for s in summary["stages"]]
+        summary["cost"] = rows_to_json(cost_table(measured, prices, recipe.cost.target_per_s))
     plots = _sensitivity_plots(stages)
     run_dir = write_run(output_dir or recipe.output_dir, "optimize", recipe.model,
                         recipe.model_dump(mode="json"), summary,

@@ -60,6 +60,15 @@ class Selection(_Frozen):
     """What the winner is best at: p50 latency, throughput, or size on disk."""
 
 
+class CostConfig(_Frozen):
+    """Price the candidates (`bench/cost.py`): a YAML price table, and the load to plan for."""
+
+    prices: str
+    """Path of the price table (`instances: {NAME: {price_per_hour: P, replicas: N}}`)."""
+    target_per_s: float | None = Field(None, gt=0)
+    """The load to plan replicas and a monthly price for, in the throughput's unit."""
+
+
 class Recipe(_Frozen):
     """Everything `optimize` needs: the model, the data, the stages and how to judge them."""
 
@@ -82,6 +91,8 @@ class Recipe(_Frozen):
     """Quality floor and objective for choosing the winner."""
     output_dir: str = "runs"
     """Where run folders are written."""
+    cost: CostConfig | None = None
+    """With a price table: the report prices every candidate."""
 
     @field_validator("stages")
     @classmethod

@@ -41,6 +41,7 @@ def test_evaluate_smollm2(tmp_path):
 
 
 def test_evaluate_int8_against_reference_and_optimize_tiny(tmp_path):
+    (tmp_path / "prices.yaml").write_text("instances: {small: {price_per_hour: 0.1}}\n")
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(
         "model: builtin:tiny-bert\n"
@@ -48,6 +49,7 @@ def test_evaluate_int8_against_reference_and_optimize_tiny(tmp_path):
         "eval: {limit: 20, max_length: 32}\n"
         "bench: {repeats: 2, batch_size: 2, seq_len: 16, warmup: 1}\n"
         "select: {min_cosine: 0.5}\n"
+        "cost: {prices: prices.yaml, target_per_s: 1000}\n"
     )
     done = slimforge("optimize", str(recipe), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -55,9 +57,10 @@ def test_evaluate_int8_against_reference_and_optimize_tiny(tmp_path):
     assert summary["selected"] in {"baseline", "int8"}
     assert set(summary["stages"]) == {"baseline", "int8"}
     assert "report:" in done.stderr
-    # the run priced: both stages, from the throughput the run measured
-    (tmp_path / "prices.yaml").write_text("instances: {small: {price_per_hour: 0.1}}\n")
+    # the run priced (in its report, and by `slimforge cost`), from the throughput measured
     (run,) = (tmp_path / "runs").iterdir()
+    assert "## Cost" in (run / "report.md").read_text()
+    in_run = json.loads((run / "metrics.json").read_text())["cost"]
     priced = slimforge("cost", str(run), "--prices", "prices.yaml", "--target-per-s", "1000",
                        cwd=tmp_path)
     assert priced.returncode == 0, priced.stderr
@@ -69,11 +72,14 @@ def test_evaluate_int8_against_reference_and_optimize_tiny(tmp_path):
                      if s["name"] == row["candidate"])
         assert row["cost_per_million"] == pytest.approx(0.1 / (per_s * 3600) * 1e6)
         assert row["replicas"] == math.ceil(1000 / per_s)
+    assert in_run == rows
 
 
 def test_user_errors_exit_2_without_traceback(tmp_path):
     (tmp_path / "bad.yaml").write_text("modle: builtin:minilm\n")
-    for args in (["optimize", "bad.yaml"], ["load", "missing-folder/"],
+    (tmp_path / "no-prices.yaml").write_text("cost: {prices: missing.yaml}\n")
+    for args in (["optimize", "bad.yaml"], ["optimize", "no-prices.yaml"],
+                 ["load", "missing-folder/"],
                  ["evaluate", "builtin:tiny-bert", "--data", "nope.jsonl"]):
         done = slimforge(*args, cwd=tmp_path)
         assert done.returncode == 2, args

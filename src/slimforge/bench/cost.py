@@ -1,6 +1,7 @@
 """What serving a model costs: measured throughput priced with the user's own price table.
 
-Owns: `PriceTable`, `load_prices`, `Throughput`, `throughputs_of_run`, `cost_table`. Nothing
+Owns: `PriceTable`, `load_prices`, `Throughput`, `throughputs_of_run`, `cost_table`,
+`cost_section`. Nothing
 here guesses a price or a speed: throughput comes from a `bench` or `optimize` run folder
 (every stage of an optimize run), prices from a YAML table the user writes:
 
@@ -70,7 +71,8 @@ class Throughput:
     unit: str
 
 
-def _of_bench(name: str, bench: dict[str, Any]) -> Throughput:
+def throughput_of_bench(name: str, bench: dict[str, Any]) -> Throughput:
+    """A candidate's throughput from its bench figures (decode tokens/s for a causal LM)."""
     if bench.get("decode_tokens_per_s"):
         return Throughput(name, bench["decode_tokens_per_s"], "generated tokens")
     return Throughput(name, bench["throughput_per_s"], bench.get("throughput_unit", "items"))
@@ -86,9 +88,9 @@ def throughputs_of_run(run_dir: str | Path) -> list[Throughput]:
                         "point at a run folder that `slimforge bench` or `optimize` wrote.") \
             from None
     if "stages" in metrics:
-        return [_of_bench(s["name"], s["bench"]) for s in metrics["stages"]]
+        return [throughput_of_bench(s["name"], s["bench"]) for s in metrics["stages"]]
     if "throughput_per_s" in metrics:
-        return [_of_bench(metrics.get("spec", "model"), metrics)]
+        return [throughput_of_bench(metrics.get("spec", "model"), metrics)]
     raise DataError(f"{path} holds no throughput.",
                     "point at a run folder that `slimforge bench` or `optimize` wrote.")
 
@@ -131,3 +133,20 @@ def cost_table(throughputs: list[Throughput], prices: PriceTable,
 def rows_to_json(rows: list[CostRow]) -> list[dict[str, Any]]:
     """The rows as plain dicts."""
     return [asdict(r) for r in rows]
+
+
+def cost_section(rows: list[dict[str, Any]]) -> list[str]:
+    """The report's Markdown lines for cost rows (as from `rows_to_json`)."""
+    if not rows:
+        return []
+    target = rows[0]["target_per_s"]
+    lines = ["## Cost", "", "From the throughput measured above and the recipe's price table"
+             + (f"; replicas and monthly price for {target:g} per second." if target else "."),
+             "", "| candidate | instance | per second | per million | replicas | instances "
+             "| per month |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        plan = ("—", "—", "—") if r["replicas"] is None else (
+            str(r["replicas"]), str(r["instances"]), f"{r['monthly_cost']:,.2f}")
+        lines.append(f"| {r['candidate']} | {r['instance']} | {r['per_s_per_instance']:,.1f} "
+                     f"{r['unit']} | {r['cost_per_million']:,.4f} | " + " | ".join(plan) + " |")
+    return [*lines, ""]

@@ -12,6 +12,8 @@ import platform
 import re
 from typing import Any
 
+from slimforge.bench.cost import cost_section
+
 QUALITY_KEYS = ("cosine_mean", "knn_overlap_at_10", "spearman", "retrieval_at_1", "perplexity",
                 "accuracy", "macro_f1")
 COLUMNS = ("stage", "quality", "p50 ms", "p95 ms", "throughput", "size MB", "peak RSS MB",
@@ -129,7 +131,7 @@ def optimize_report(summary: dict[str, Any], plots: list[str] | None = None) -> 
     for stage in stages:
         if stage["notes"]:
             lines.append(f"- {stage['name']}: " + "; ".join(stage["notes"]))
-    lines += ["", *_layer_section(stages, plots or [])]
+    lines += ["", *cost_section(summary.get("cost", [])), *_layer_section(stages, plots or [])]
     return "\n".join(lines).rstrip() + "\n"
 
 
