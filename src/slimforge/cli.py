@@ -345,8 +345,10 @@ def profile_command(
                                                              "calls", "MB allocated/step"),
            [[o["op"], f"{o['ms_per_step']:.2f}", f"{o['share']:.0%}", str(o["calls"]),
              f"{o['memory_mb_per_step']:.1f}"] for o in result.top_ops])
-    _table("time by module (inclusive)", ("module", "ms/step", "share"),
-           [[m["module"], f"{m['ms_per_step']:.2f}", f"{m['share']:.0%}"]
+    _table("time and memory by module (inclusive)",
+           ("module", "ms/step", "share", "weights MB", "activations MB/step"),
+           [[m["module"], f"{m['ms_per_step']:.2f}", f"{m['share']:.0%}",
+             f"{m['weights_mb']:.1f}", f"{m['activations_mb_per_step']:.1f}"]
             for m in result.top_modules])
     console.print(result.verdict, highlight=False, soft_wrap=True)
     _json_line(result.to_json())

@@ -8,8 +8,8 @@ three ways:
 - **Work**: FLOPs from PyTorch's own counter (`FlopCounterMode`: matmuls, attention,
   convolutions), and bytes moved, counted by a dispatch mode as every aten op's inputs and
   outputs, each weight counted once per step (what an unfused eager run reads and writes).
-- **Ops**: `torch.profiler` over a few steps: self time, calls and memory by operator, time
-  by module; a Chrome trace for deeper looks.
+- **Ops**: `torch.profiler` over a few steps: self time, calls and memory by operator; by
+  module (hooks): time, weights held and activations returned; a Chrome trace.
 
 Against this machine's measured peaks (`measure_peaks`: a large GEMM in the model's dtype
 and a large read or copy, best of three, on the same threads) that gives a roofline: arithmetic
@@ -195,20 +195,32 @@ def _ops(call: Callable[[], object], steps: int, trace: Path | None) -> list[dic
             for e in ops]
 
 
+def _tensor_bytes(value: Any) -> int:
+    return sum(t.numel() * t.element_size() for t in torch.utils._pytree.tree_leaves(value)
+               if isinstance(t, torch.Tensor))
+
+
 def _module_times(model: torch.nn.Module, call: Callable[[], object], steps: int,
                   depth: int = 3) -> list[dict[str, Any]]:
-    """Inclusive wall time of every module down to `depth` levels, as a share of the step."""
+    """Time and memory of every module down to `depth` levels: inclusive wall time (share of
+    the step), the weights it holds and the activations it returns per step."""
     spent: dict[str, float] = defaultdict(float)
+    produced: dict[str, int] = defaultdict(int)
     started: dict[str, float] = {}
+    weights: dict[str, int] = {}
     handles = []
+
+    def done(name: str, output: Any) -> None:
+        spent[name] += time.perf_counter() - started[name]
+        produced[name] += _tensor_bytes(output)
+
     for name, module in model.named_modules():
         if not name or name.count(".") >= depth:
             continue
+        weights[name] = _tensor_bytes([*module.parameters(), *module.buffers()])
         handles.append(module.register_forward_pre_hook(
             lambda _m, _a, n=name: started.__setitem__(n, time.perf_counter())))
-        handles.append(module.register_forward_hook(
-            lambda _m, _a, _o, n=name: spent.__setitem__(
-                n, spent[n] + time.perf_counter() - started[n])))
+        handles.append(module.register_forward_hook(lambda _m, _a, o, n=name: done(n, o)))
     try:
         start = time.perf_counter()
         for _ in range(steps):
@@ -218,7 +230,9 @@ def _module_times(model: torch.nn.Module, call: Callable[[], object], steps: int
         for handle in handles:
             handle.remove()
     ranked = sorted(spent.items(), key=lambda kv: -kv[1])[:10]
-    return [{"module": name, "ms_per_step": t * 1000 / steps, "share": t / total}
+    return [{"module": name, "ms_per_step": t * 1000 / steps, "share": t / total,
+             "weights_mb": weights[name] / 2**20,
+             "activations_mb_per_step": produced[name] / 2**20 / steps}
             for name, t in ranked]
 
 

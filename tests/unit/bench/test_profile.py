@@ -46,7 +46,10 @@ def test_profile_of_a_tiny_encoder_reports_every_figure(tiny_bert, tmp_path):
     assert figures["bound"] in figures["verdict"]
     assert figures["top_ops"][0]["op"].startswith("aten::")
     assert sum(op["share"] for op in figures["top_ops"]) <= 1.0 + 1e-6
-    assert figures["top_modules"][0]["module"]
+    top = figures["top_modules"][0]
+    assert top["module"]
+    assert top["weights_mb"] > 0
+    assert top["activations_mb_per_step"] > 0
     assert "traceEvents" in json.loads((tmp_path / "trace.json").read_text())
 
 
