@@ -413,6 +413,31 @@ def data_check(
     _json_line({**report.to_json(), "run": str(run)})
 
 
+@data_app.command("clean")
+@friendly
+def data_clean(
+    path: str = typer.Argument(..., help="a .jsonl or .txt file"),
+    out: str = typer.Option(..., "--out", "-o", help="the cleaned file"),
+    rejects: str = typer.Option(None, help="every removed line, with its reason (default: "
+                                "OUT with .rejects.jsonl)"),
+    text_field: str = typer.Option("text", help="the field holding the text"),
+    min_chars: int = typer.Option(3, help="drop texts shorter than this (0: keep them)"),
+    keep_duplicates: bool = typer.Option(False, help="keep exact duplicates"),
+    no_redact: bool = typer.Option(False, help="leave sensitive strings as they are"),
+) -> None:
+    """Drop malformed, empty, short and duplicate rows, redact sensitive strings; every
+    removed row goes to a rejects file, and kept + rejected = input is checked."""
+    from slimforge.data.clean import CleanConfig, clean_file
+
+    config = CleanConfig(text_field=text_field, min_chars=min_chars,
+                         drop_duplicates=not keep_duplicates, redact=not no_redact)
+    result = clean_file(path, out, rejects, config)
+    console.print(f"input {result.input:,} = kept {result.kept:,} + rejected "
+                  f"{result.rejected:,} {dict(result.reasons)}; redacted "
+                  f"{dict(result.redacted)}; wrote {result.out} and {result.rejects}")
+    _json_line(result.to_json())
+
+
 monitor_app = typer.Typer(no_args_is_help=True,
                           help="Alert rules, a dashboard and a live view for slimforge serve.")
 app.add_typer(monitor_app, name="monitor")

@@ -116,3 +116,16 @@ def test_data_check_reports_real_text_with_planted_problems(tmp_path):
     run = tmp_path / "runs" / result["run"].split("/")[-1]
     assert (run / "lengths.png").read_bytes().startswith(b"\x89PNG")
     assert "## malformed" in (run / "report.md").read_text()
+
+
+def test_data_clean_prints_and_checks_the_balance(tmp_path):
+    rows = [{"text": "A first sentence, kept."}, {"text": "a FIRST sentence, kept."},
+            {"text": ""}, {"text": "Reach me at someone@example.org today."}]
+    (tmp_path / "in.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n{bad\n")
+    done = slimforge("data", "clean", "in.jsonl", "-o", "out.jsonl", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    result = last_json(done.stdout)
+    assert (result["input"], result["kept"], result["rejected"]) == (5, 2, 3)
+    assert "input 5 = kept 2 + rejected 3" in done.stderr
+    assert "[EMAIL]" in (tmp_path / "out.jsonl").read_text()
+    assert len((tmp_path / "out.rejects.jsonl").read_text().splitlines()) == 3

@@ -1,6 +1,7 @@
 """`check_file(path, config)`: what is wrong with a dataset, read as a stream.
 
-Owns: `CheckConfig`, `CheckReport`, `check_file`, `check_report`, `SENSITIVE`. One pass over
+Owns: `CheckConfig`, `CheckReport`, `check_file`, `check_report`, `SENSITIVE`, `digest`,
+`luhn_ok`. One pass over
 a JSONL, CSV, Parquet or plain-text file, never holding more than a row at a time plus
 compact per-row figures (a length and an 8-byte hash): a file larger than memory works.
 It finds
@@ -171,7 +172,8 @@ def _label(label: Any, line: int, report: CheckReport, config: CheckConfig) -> N
         report.note("bad_label", line, f"{config.label_field}: {label!r}", config.show)
 
 
-def _digest(text: str) -> bytes:
+def digest(text: str) -> bytes:
+    """An 8-byte hash of the text after NFKC, case-folding and collapsing whitespace."""
     normal = SPACES.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
     return hashlib.blake2b(normal.encode(), digest_size=8).digest()
 
@@ -206,7 +208,7 @@ def check_file(path: str | Path, config: CheckConfig | None = None
         lengths.append(len(text))
         _content(text, line, report, config)
         if text.strip():
-            first = first_seen.setdefault(_digest(text), line)
+            first = first_seen.setdefault(digest(text), line)
             if first != line:
                 report.note("exact_duplicate", line, f"same as line {first}", config.show)
     if report.rows == 0 and not report.counts:
