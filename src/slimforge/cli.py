@@ -390,16 +390,20 @@ def data_check(
     labels: str = typer.Option(None, help="allowed labels, comma-separated"),
     min_chars: int = typer.Option(3, help="texts shorter than this are too short"),
     show: int = typer.Option(20, help="findings of each kind listed with their line"),
+    near_dup_threshold: float = typer.Option(0.8, help="Jaccard (character 5-grams) from "
+                                             "which texts are near-duplicates"),
+    no_near_dups: bool = typer.Option(False, help="do not look for near-duplicates"),
     output_dir: str = typer.Option("runs", help="where the report's run folder goes"),
 ) -> None:
     """Malformed rows (with line numbers), schema, empty/short texts, encoding damage,
-    control characters, exact duplicates, sensitive strings, lengths and labels."""
+    control characters, exact and near duplicates, sensitive strings, lengths and labels."""
     from slimforge.data.check import CheckConfig, check_file, check_report
     from slimforge.io.run import write_run
     from slimforge.report.plots import length_histogram_png
 
     config = CheckConfig(text_field=text_field, label_field=label_field, min_chars=min_chars,
-                         labels=labels.split(",") if labels else None, show=show)
+                         labels=labels.split(",") if labels else None, show=show,
+                         near_dup_threshold=None if no_near_dups else near_dup_threshold)
     report, lengths = check_file(path, config)
     markdown = check_report(report)
     picture = length_histogram_png(lengths, f"text lengths: {path}")

@@ -12,12 +12,13 @@ It finds
 - content problems: empty and too-short texts, encoding damage (U+FFFD replacement
   characters, mojibake such as `Ã©`), control characters;
 - exact duplicates after normalisation (case-folded, whitespace collapsed), with the line
-  of the first copy;
+  of the first copy, and near-duplicates (MinHash over character 5-grams, `near_dup.py`)
+  at a Jaccard threshold, as clusters of lines;
 - sensitive strings: e-mail addresses, phone numbers, IPv4 addresses, card-like numbers that
   pass the Luhn check, and API-key-like tokens — counted, and the first ones located;
 
 and the length distribution (percentiles; a histogram PNG in the report) and label balance.
-Near-duplicates, leakage between splits, drift and cleaning are not here yet.
+Leakage between splits and drift are not here yet.
 """
 
 from __future__ import annotations
@@ -32,11 +33,14 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from slimforge.errors import DataError
+
+if TYPE_CHECKING:
+    from slimforge.data.near_dup import NearDuplicates
 
 SENSITIVE: dict[str, re.Pattern[str]] = {
     "email": re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}\b"),
@@ -76,6 +80,9 @@ class CheckConfig(BaseModel):
     """Texts shorter than this (after stripping) are too short."""
     show: int = Field(20, ge=0)
     """How many findings of each kind are listed with their line numbers."""
+    near_dup_threshold: float | None = Field(0.8, gt=0, le=1)
+    """Jaccard similarity (character 5-grams) from which two texts are near-duplicates;
+    None: do not look for them."""
 
 
 @dataclass
@@ -88,6 +95,8 @@ class CheckReport:
     examples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     length_percentiles: dict[str, int] = field(default_factory=dict)
     labels: dict[str, int] = field(default_factory=dict)
+    near_duplicate_clusters: list[list[int]] = field(default_factory=list)
+    """The first clusters of near-duplicate lines (all are counted in `counts`)."""
 
     def note(self, kind: str, line: int, detail: str, show: int) -> None:
         """Count a finding; keep the first `show` of each kind with their line."""
@@ -178,6 +187,41 @@ def digest(text: str) -> bytes:
     return hashlib.blake2b(normal.encode(), digest_size=8).digest()
 
 
+class _Checker:
+    """The per-row checks, with what they have seen so far."""
+
+    def __init__(self, path: Path, config: CheckConfig) -> None:
+        self.config, self.report, self.lengths = config, CheckReport(str(path)), array("I")
+        self.first_seen: dict[bytes, int] = {}
+        self.labels: Counter = Counter()
+        self.near: NearDuplicates | None = None
+        if config.near_dup_threshold is not None:
+            from slimforge.data.near_dup import NearDuplicates  # datasketch: only when asked
+
+            self.near = NearDuplicates(config.near_dup_threshold)
+
+    def row(self, line: int, row: dict[str, Any]) -> None:
+        config, report = self.config, self.report
+        report.rows += 1
+        text = row.get(config.text_field)
+        if not isinstance(text, str):
+            kind = "missing_field" if text is None else "wrong_type"
+            report.note(kind, line, f"{config.text_field}: {type(text).__name__}", config.show)
+            return
+        if config.label_field is not None:
+            self.labels[str(row.get(config.label_field))] += 1
+            _label(row.get(config.label_field), line, report, config)
+        self.lengths.append(len(text))
+        _content(text, line, report, config)
+        if not text.strip():
+            return
+        first = self.first_seen.setdefault(digest(text), line)
+        if first != line:
+            report.note("exact_duplicate", line, f"same as line {first}", config.show)
+        elif self.near is not None:
+            self.near.add(line, text)
+
+
 def check_file(path: str | Path, config: CheckConfig | None = None
                ) -> tuple[CheckReport, array]:
     """Check a dataset file; returns the report and every text's length (for a histogram).
@@ -192,34 +236,29 @@ def check_file(path: str | Path, config: CheckConfig | None = None
     if path.suffix.lower() not in (".jsonl", ".csv", ".parquet", ".txt"):
         raise DataError(f"{path} has an unsupported extension {path.suffix!r}.",
                         "use .jsonl, .csv, .parquet or .txt.")
-    report, lengths = CheckReport(str(path)), array("I")
-    first_seen: dict[bytes, int] = {}
-    labels: Counter = Counter()
+    checker = _Checker(path, config)
+    report, lengths = checker.report, checker.lengths
     for line, row in _rows(path, report, config.show):
-        report.rows += 1
-        text = row.get(config.text_field)
-        if not isinstance(text, str):
-            kind = "missing_field" if text is None else "wrong_type"
-            report.note(kind, line, f"{config.text_field}: {type(text).__name__}", config.show)
-            continue
-        if config.label_field is not None:
-            labels[str(row.get(config.label_field))] += 1
-            _label(row.get(config.label_field), line, report, config)
-        lengths.append(len(text))
-        _content(text, line, report, config)
-        if text.strip():
-            first = first_seen.setdefault(digest(text), line)
-            if first != line:
-                report.note("exact_duplicate", line, f"same as line {first}", config.show)
+        checker.row(line, row)
     if report.rows == 0 and not report.counts:
         raise DataError(f"{path} holds no rows.", "point at a file with at least one row.")
+    if checker.near is not None:
+        _near_duplicates(checker.near, report, config.show)
     ordered = sorted(lengths)
     if ordered:
         report.length_percentiles = {
             f"p{q}": ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
             for q in (0, 5, 25, 50, 75, 95, 99, 100)}
-    report.labels = dict(labels.most_common())
+    report.labels = dict(checker.labels.most_common())
     return report, lengths
+
+
+def _near_duplicates(near: NearDuplicates, report: CheckReport, show: int) -> None:
+    clusters = near.clusters()
+    report.near_duplicate_clusters = clusters[:show]
+    for cluster in clusters:
+        for line in cluster[1:]:
+            report.note("near_duplicate", line, f"near line {cluster[0]}", show)
 
 
 def check_report(report: CheckReport) -> str:

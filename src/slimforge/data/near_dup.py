@@ -1,0 +1,121 @@
+"""Near-duplicate texts: MinHash signatures, banded and grouped by sorting, not by dicts.
+
+Owns: `NearDuplicates`, `bands_for`, `shingles`. Each text becomes the set of its character
+5-grams after normalisation (NFKC, case-folded, whitespace collapsed), hashed with numpy;
+datasketch's `MinHash` turns the set into `num_perm` 32-bit minimums, whose agreement rate
+estimates the Jaccard similarity of two texts. Signatures are cut into `b` bands of `r` rows
+(chosen by `bands_for` so that pairs at the Jaccard `threshold` are found and pairs well
+below it are not), and texts that share a band are candidates. Instead of one dict per band
+(datasketch's `MinHashLSH`: hundreds of bytes per text and band), each band is one array of
+64-bit keys, sorted: texts with equal keys lie side by side, so memory is the signatures
+(4 bytes x `num_perm` per text) plus 8 bytes per text and band. Candidates are confirmed by
+their estimated Jaccard before they are joined into clusters (union-find).
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+import numpy as np
+from datasketch import MinHash
+
+from slimforge.data.check import SPACES
+
+SHINGLE = 5
+"""Characters per shingle: small edits change few of them, unrelated texts share few."""
+LSH_SLACK = 0.1
+"""How far under `threshold` the bands aim (recall of pairs near the threshold)."""
+_POWERS = np.array([257**k % 2**64 for k in range(SHINGLE)][::-1], dtype=np.uint64)
+
+
+def shingles(text: str) -> np.ndarray:
+    """The 32-bit hashes of the normalised text's character 5-grams, each once."""
+    normal = SPACES.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+    codes = np.frombuffer(normal.encode(), dtype=np.uint8).astype(np.uint64)
+    if len(codes) < SHINGLE:
+        codes = np.concatenate([codes, np.zeros(SHINGLE - len(codes), dtype=np.uint64)])
+    hashes = np.lib.stride_tricks.sliding_window_view(codes, SHINGLE) @ _POWERS
+    return np.unique(((hashes ^ (hashes >> np.uint64(32))) & np.uint64(0xFFFFFFFF))
+                     .astype(np.uint32))  # 32 bits: MinHash's default scheme
+
+
+def bands_for(threshold: float, num_perm: int) -> tuple[int, int]:
+    """(bands, rows) with bands x rows <= num_perm that minimise missed pairs above the
+    threshold plus found pairs below it (each weighted equally, integrated over Jaccard)."""
+    grid = np.linspace(0, 1, 1001)
+    best, choice = float("inf"), (1, num_perm)
+    for bands in range(1, num_perm + 1):
+        rows = num_perm // bands
+        found = 1 - (1 - grid**rows) ** bands  # chance a pair of Jaccard s shares a band
+        below, above = grid < threshold, grid >= threshold
+        error = np.trapezoid(found[below], grid[below]) + np.trapezoid(
+            1 - found[above], grid[above])
+        if error < best:
+            best, choice = error, (bands, rows)
+    return choice
+
+
+class NearDuplicates:
+    """Add texts one by one (streaming); ask for the clusters at the end."""
+
+    def __init__(self, threshold: float = 0.8, num_perm: int = 64, seed: int = 1) -> None:
+        self.threshold, self.num_perm, self.seed = threshold, num_perm, seed
+        # Banded for a lower threshold than the one confirmed: LSH misses pairs just above
+        # its threshold, the signature check removes those below the real one.
+        self.bands, self.rows = bands_for(max(threshold - LSH_SLACK, 0.05), num_perm)
+        self._ids: list[int] = []
+        self._chunks: list[np.ndarray] = []
+        self._pending: list[np.ndarray] = []
+
+    def add(self, key: int, text: str) -> None:
+        """Index `text` under `key` (a line number, say)."""
+        minhash = MinHash(num_perm=self.num_perm, seed=self.seed, hashfunc=int)
+        minhash.update_batch(shingles(text))
+        self._ids.append(key)
+        self._pending.append(minhash.hashvalues.astype(np.uint32))
+        if len(self._pending) >= 4096:  # one compact array per 4,096 texts
+            self._chunks.append(np.stack(self._pending))
+            self._pending = []
+
+    def _signatures(self) -> np.ndarray:
+        if self._pending:
+            self._chunks.append(np.stack(self._pending))
+            self._pending = []
+        if not self._chunks:
+            return np.zeros((0, self.num_perm), dtype=np.uint32)
+        if len(self._chunks) > 1:
+            self._chunks = [np.concatenate(self._chunks)]
+        return self._chunks[0]
+
+    def clusters(self) -> list[list[int]]:
+        """Groups of keys whose texts are near-duplicates (estimated Jaccard >= threshold),
+        each sorted, the groups ordered by their first key."""
+        signatures = self._signatures()
+        parent = list(range(len(signatures)))
+
+        def root(i: int) -> int:
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        for band in range(self.bands):
+            part = signatures[:, band * self.rows:(band + 1) * self.rows].astype(np.uint64)
+            keys = (part * _band_mix(self.rows)).sum(axis=1)  # wraps mod 2^64: a band hash
+            order = np.argsort(keys, kind="stable")
+            same = np.nonzero(keys[order][1:] == keys[order][:-1])[0]
+            for j in same:
+                a, b = int(order[j]), int(order[j + 1])
+                similar = np.mean(signatures[a] == signatures[b]) >= self.threshold
+                if similar and root(a) != root(b):
+                    parent[root(b)] = root(a)
+        groups: dict[int, list[int]] = {}
+        for i in range(len(signatures)):
+            groups.setdefault(root(i), []).append(self._ids[i])
+        return sorted((sorted(g) for g in groups.values() if len(g) > 1), key=lambda g: g[0])
+
+
+def _band_mix(rows: int) -> np.ndarray:
+    """Odd 64-bit multipliers, one per row of a band, so a band's rows hash together."""
+    rng = np.random.default_rng(rows)
+    return rng.integers(1, 2**63, size=rows, dtype=np.uint64) * 2 + 1
