@@ -1,7 +1,7 @@
 """`check_file(path, config)`: what is wrong with a dataset, read as a stream.
 
-Owns: `CheckConfig`, `CheckReport`, `check_file`, `check_report`, `SENSITIVE`, `digest`,
-`luhn_ok`. One pass over
+Owns: `CheckConfig`, `CheckReport`, `check_file`, `check_report`, `SENSITIVE`,
+`find_sensitive`, `digest`, `luhn_ok`. One pass over
 a JSONL, CSV, Parquet or plain-text file, never holding more than a row at a time plus
 compact per-row figures (a length and an 8-byte hash): a file larger than memory works.
 It finds
@@ -51,6 +51,8 @@ SENSITIVE: dict[str, re.Pattern[str]] = {
     "api_key": re.compile(r"\b(?:sk-[A-Za-z0-9_-]{16,}|gh[pousr]_[A-Za-z0-9]{20,}|"
                           r"xox[abpr]-[A-Za-z0-9-]{10,}|AKIA[0-9A-Z]{16}|AIza[0-9A-Za-z_-]{35})"),
 }
+SENSITIVE_PRIORITY = ("api_key", "email", "card", "ipv4", "phone")
+"""Which kind a string counts as where two patterns match it."""
 MOJIBAKE = re.compile(r"Ã[\u0080-\u00bf]|â€[\u0080-\u00bf™œ\u009d]|Â[\u00a0-\u00bf]")
 CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 SPACES = re.compile(r"\s+")
@@ -148,16 +150,28 @@ def _rows(path: Path, report: CheckReport, show: int) -> Iterator[tuple[int, dic
             yield number, row
 
 
-def _sensitive(text: str, line: int, report: CheckReport, show: int) -> None:
-    cards = [m.span() for m in SENSITIVE["card"].finditer(text)]  # long digit runs
-    for kind, pattern in SENSITIVE.items():
-        for match in pattern.finditer(text):
-            found = match.group()
-            if kind == "card" and not luhn_ok(re.sub(r"\D", "", found)):
+def find_sensitive(text: str) -> list[tuple[str, int, int]]:
+    """(kind, start, end) of every sensitive string, left to right, none overlapping: card
+    numbers count only when they pass the Luhn check, a phone-like match inside any long
+    digit run is part of that number, and where matches overlap the more specific kind
+    (earlier in `SENSITIVE_PRIORITY`) wins."""
+    digit_runs = [m.span() for m in SENSITIVE["card"].finditer(text)]
+    kept: list[tuple[str, int, int]] = []
+    for kind in SENSITIVE_PRIORITY:
+        for match in SENSITIVE[kind].finditer(text):
+            start, end = match.span()
+            if kind == "card" and not luhn_ok(re.sub(r"\D", "", match.group())):
                 continue
-            if kind == "phone" and any(a < match.end() and match.start() < b for a, b in cards):
-                continue  # part of a card-like number, not a phone number
-            report.note(f"sensitive_{kind}", line, found, show)
+            if kind == "phone" and any(a < end and start < b for a, b in digit_runs):
+                continue
+            if not any(a < end and start < b for _, a, b in kept):
+                kept.append((kind, start, end))
+    return sorted(kept, key=lambda found: found[1])
+
+
+def _sensitive(text: str, line: int, report: CheckReport, show: int) -> None:
+    for kind, start, end in find_sensitive(text):
+        report.note(f"sensitive_{kind}", line, text[start:end], show)
 
 
 def _content(text: str, line: int, report: CheckReport, config: CheckConfig) -> None:

@@ -16,7 +16,6 @@ an error, and no output appears. Near-duplicates and train/eval leakage are not 
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import IO, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from slimforge.data.check import SENSITIVE, digest, luhn_ok
+from slimforge.data.check import digest, find_sensitive
 from slimforge.errors import DataError
 from slimforge.io.atomic import atomic_open
 
@@ -62,20 +61,13 @@ class CleanResult:
                 "out": self.out, "rejects": self.rejects}
 
 
-REDACT_ORDER = ("api_key", "email", "card", "ipv4", "phone")
-"""Longest, most specific patterns first: a card number must not be half-taken as a phone."""
-
-
 def _redact(text: str, counts: Counter) -> str:
-    for kind in REDACT_ORDER:
-        pattern = SENSITIVE[kind]
-        def replace(match: re.Match[str], kind: str = kind) -> str:
-            if kind == "card" and not luhn_ok(re.sub(r"\D", "", match.group())):
-                return match.group()
-            counts[kind] += 1
-            return f"[{kind.upper()}]"
-        text = pattern.sub(replace, text)
-    return text
+    pieces, done = [], 0
+    for kind, start, end in find_sensitive(text):
+        pieces += [text[done:start], f"[{kind.upper()}]"]
+        counts[kind] += 1
+        done = end
+    return "".join([*pieces, text[done:]])
 
 
 class _Cleaner:

@@ -93,6 +93,12 @@ def _left_pad(x: torch.Tensor, length: int, dim: int) -> torch.Tensor:
     return torch.cat([x.new_zeros(shape), x], dim=dim)
 
 
+def _kv(cache: DynamicCache | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each layer's (keys, values)."""
+    assert cache is not None
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
 class _Batch:
     """The running sequences' shared key/value cache and attention mask."""
 
@@ -102,9 +108,6 @@ class _Batch:
         self.cache: DynamicCache | None = None
         self.mask: torch.Tensor | None = None  # [batch, cached tokens], 0 = left padding
 
-    def _layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        assert self.cache is not None
-        return [(layer.keys, layer.values) for layer in self.cache.layers]
 
     def join(self, sequence: _Sequence, cache: DynamicCache) -> None:
         """Stack a prefilled sequence onto the batch, left-padding the shorter side."""
@@ -115,10 +118,9 @@ class _Batch:
             return
         assert self.mask is not None
         width = max(self.mask.shape[1], sequence.length)
-        theirs = [(layer.keys, layer.values) for layer in cache.layers]
         layers = [(torch.cat([_left_pad(k0, width, 2), _left_pad(k1, width, 2)]),
                    torch.cat([_left_pad(v0, width, 2), _left_pad(v1, width, 2)]))
-                  for (k0, v0), (k1, v1) in zip(self._layers(), theirs, strict=True)]
+                  for (k0, v0), (k1, v1) in zip(_kv(self.cache), _kv(cache), strict=True)]
         self.cache = DynamicCache(layers, config=self.config)
         self.mask = torch.cat([_left_pad(self.mask, width, 1), _left_pad(mask, width, 1)])
         self.sequences.append(sequence)
@@ -135,7 +137,7 @@ class _Batch:
         rows = torch.tensor(keep, device=self.mask.device)
         mask = self.mask[rows]
         start = int((mask.sum(0) > 0).nonzero()[0])
-        layers = [(k[rows, :, start:], v[rows, :, start:]) for k, v in self._layers()]
+        layers = [(k[rows, :, start:], v[rows, :, start:]) for k, v in _kv(self.cache)]
         self.cache = DynamicCache(layers, config=self.config)
         self.mask = mask[:, start:]
         self.sequences = [self.sequences[i] for i in keep]
