@@ -393,10 +393,13 @@ def data_check(
     near_dup_threshold: float = typer.Option(0.8, help="Jaccard (character 5-grams) from "
                                              "which texts are near-duplicates"),
     no_near_dups: bool = typer.Option(False, help="do not look for near-duplicates"),
+    eval_file: str = typer.Option(None, "--eval", help="the evaluation split: report training "
+                                  "rows that copy it, exactly or nearly (leakage)"),
     output_dir: str = typer.Option("runs", help="where the report's run folder goes"),
 ) -> None:
     """Malformed rows (with line numbers), schema, empty/short texts, encoding damage,
-    control characters, exact and near duplicates, sensitive strings, lengths and labels."""
+    control characters, exact and near duplicates, leakage into an evaluation split,
+    sensitive strings, lengths and labels."""
     from slimforge.data.check import CheckConfig, check_file, check_report
     from slimforge.io.run import write_run
     from slimforge.report.plots import length_histogram_png
@@ -404,9 +407,9 @@ def data_check(
     config = CheckConfig(text_field=text_field, label_field=label_field, min_chars=min_chars,
                          labels=labels.split(",") if labels else None, show=show,
                          near_dup_threshold=None if no_near_dups else near_dup_threshold)
-    report, lengths = check_file(path, config)
+    report, lengths = check_file(path, config, eval_path=eval_file)
     markdown = check_report(report)
-    picture = length_histogram_png(lengths, f"text lengths: {path}")
+    picture = length_histogram_png({"texts": lengths}, f"text lengths: {path}")
     files = {"lengths.png": picture} if picture else {}
     if picture:
         markdown += "\n![text lengths](lengths.png)\n"
@@ -420,26 +423,66 @@ def data_check(
 @data_app.command("clean")
 @friendly
 def data_clean(
-    path: str = typer.Argument(..., help="a .jsonl or .txt file"),
-    out: str = typer.Option(..., "--out", "-o", help="the cleaned file"),
+    path: str = typer.Argument(..., help="a .jsonl, .csv, .parquet or .txt file"),
+    out: str = typer.Option(..., "--out", "-o", help="the cleaned file (the input's format)"),
     rejects: str = typer.Option(None, help="every removed line, with its reason (default: "
                                 "OUT with .rejects.jsonl)"),
     text_field: str = typer.Option("text", help="the field holding the text"),
     min_chars: int = typer.Option(3, help="drop texts shorter than this (0: keep them)"),
     keep_duplicates: bool = typer.Option(False, help="keep exact duplicates"),
+    keep_near_duplicates: bool = typer.Option(False, help="keep near-duplicates"),
+    near_dup_threshold: float = typer.Option(0.8, help="Jaccard (character 5-grams) from "
+                                             "which texts are near-duplicates"),
+    eval_file: str = typer.Option(None, "--eval", help="the evaluation split: drop training "
+                                  "rows that copy it, exactly or nearly"),
     no_redact: bool = typer.Option(False, help="leave sensitive strings as they are"),
 ) -> None:
-    """Drop malformed, empty, short and duplicate rows, redact sensitive strings; every
-    removed row goes to a rejects file, and kept + rejected = input is checked."""
+    """Drop malformed, empty, short, duplicate and near-duplicate rows and rows that leak
+    into the evaluation split, redact sensitive strings; every removed row goes to a
+    rejects file with its reason, and kept + rejected = input is checked."""
     from slimforge.data.clean import CleanConfig, clean_file
 
-    config = CleanConfig(text_field=text_field, min_chars=min_chars,
-                         drop_duplicates=not keep_duplicates, redact=not no_redact)
-    result = clean_file(path, out, rejects, config)
+    config = CleanConfig(
+        text_field=text_field, min_chars=min_chars, drop_duplicates=not keep_duplicates,
+        near_dup_threshold=None if keep_near_duplicates else near_dup_threshold,
+        redact=not no_redact)
+    result = clean_file(path, out, rejects, config, eval_path=eval_file)
     console.print(f"input {result.input:,} = kept {result.kept:,} + rejected "
                   f"{result.rejected:,} {dict(result.reasons)}; redacted "
                   f"{dict(result.redacted)}; wrote {result.out} and {result.rejects}")
     _json_line(result.to_json())
+
+
+@data_app.command("drift")
+@friendly
+def data_drift(
+    reference: str = typer.Argument(..., help="the data the model was made with"),
+    current: str = typer.Argument(..., help="the data to compare with it"),
+    text_field: str = typer.Option("text", help="the field holding the text"),
+    label_field: str = typer.Option(None, help="the field holding the label, if any"),
+    alpha: float = typer.Option(0.01, help="a test says drift only below this p-value"),
+    min_effect: float = typer.Option(0.1, help="... and from this effect size on"),
+    output_dir: str = typer.Option("runs", help="where the report's run folder goes"),
+) -> None:
+    """Has the data moved? Text lengths (Kolmogorov-Smirnov), vocabulary (chi-square,
+    permutation p-value) and labels (chi-square), each with a plain-words verdict."""
+    from slimforge.data.drift import drift, drift_report
+    from slimforge.io.run import write_run
+    from slimforge.report.plots import length_histogram_png
+
+    report = drift(reference, current, text_field, label_field, alpha, min_effect)
+    markdown = drift_report(report)
+    picture = length_histogram_png(
+        {"reference": report.lengths["reference"], "current": report.lengths["current"]},
+        "text lengths")
+    markdown += "\n![text lengths](lengths.png)\n"
+    run = write_run(output_dir, "data-drift", current,
+                    {"reference": reference, "current": current, "text_field": text_field,
+                     "label_field": label_field, "alpha": alpha, "min_effect": min_effect},
+                    report.to_json(), markdown, files={"lengths.png": picture})
+    Console().print(markdown, markup=False, highlight=False)
+    console.print(f"run folder: {run}")
+    _json_line({**report.to_json(), "run": str(run)})
 
 
 monitor_app = typer.Typer(no_args_is_help=True,

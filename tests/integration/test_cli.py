@@ -129,3 +129,36 @@ def test_data_clean_prints_and_checks_the_balance(tmp_path):
     assert "input 5 = kept 2 + rejected 3" in done.stderr
     assert "[EMAIL]" in (tmp_path / "out.jsonl").read_text()
     assert len((tmp_path / "out.rejects.jsonl").read_text().splitlines()) == 3
+
+
+def test_data_clean_drops_rows_that_leak_into_eval(tmp_path):
+    from slimforge.data.sources import load_texts
+
+    texts = load_texts("builtin:stdlib-docs", "eval", limit=40)
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps({"text": t}) + "\n"
+                                                 for t in texts[:20]))
+    train = [texts[3], texts[5].replace(" the ", " teh ", 1), *texts[20:]]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in train))
+    done = slimforge("data", "clean", "train.jsonl", "-o", "out.jsonl", "--eval", "eval.jsonl",
+                     cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    result = last_json(done.stdout)
+    assert result["reasons"] == {"leak_exact": 1, "leak_near": 1}
+    assert (result["kept"], result["rejected"]) == (20, 2)
+
+
+def test_data_drift_names_what_moved_and_draws_both_lengths(tmp_path):
+    from slimforge.data.sources import load_texts
+
+    texts = load_texts("builtin:stdlib-docs", "train", limit=600)
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": t}) + "\n"
+                                              for t in texts[:300]))
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps({"text": t[:40]}) + "\n"
+                                              for t in texts[300:]))
+    done = slimforge("data", "drift", "a.jsonl", "b.jsonl", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    result = last_json(done.stdout)
+    assert result["verdict"].startswith("Drift in lengths")
+    run = tmp_path / "runs" / result["run"].split("/")[-1]
+    assert (run / "lengths.png").read_bytes().startswith(b"\x89PNG")
+    assert "| lengths |" in (run / "report.md").read_text()

@@ -1,7 +1,7 @@
 """`check_file(path, config)`: what is wrong with a dataset, read as a stream.
 
 Owns: `CheckConfig`, `CheckReport`, `check_file`, `check_report`, `SENSITIVE`,
-`find_sensitive`, `digest`, `luhn_ok`. One pass over
+`find_sensitive`, `eval_index`, `near_findings`, `digest`, `luhn_ok`. One pass over
 a JSONL, CSV, Parquet or plain-text file, never holding more than a row at a time plus
 compact per-row figures (a length and an 8-byte hash): a file larger than memory works.
 It finds
@@ -16,16 +16,16 @@ It finds
   at a Jaccard threshold, as clusters of lines;
 - sensitive strings: e-mail addresses, phone numbers, IPv4 addresses, card-like numbers that
   pass the Luhn check, and API-key-like tokens — counted, and the first ones located;
+- given the evaluation split, training rows that leak into it: exact copies (`leak_exact`)
+  and near copies (`leak_near`), each with the evaluation line it copies;
 
 and the length distribution (percentiles; a histogram PNG in the report) and label balance.
-Leakage between splits and drift are not here yet.
+Drift between two datasets is `drift.py`.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
 import re
 import unicodedata
 from array import array
@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from slimforge.data.rows import data_path, read_rows
 from slimforge.errors import DataError
 
 if TYPE_CHECKING:
@@ -99,6 +100,8 @@ class CheckReport:
     labels: dict[str, int] = field(default_factory=dict)
     near_duplicate_clusters: list[list[int]] = field(default_factory=list)
     """The first clusters of near-duplicate lines (all are counted in `counts`)."""
+    eval_path: str | None = None
+    """The evaluation file the rows were checked against for leakage, if any."""
 
     def note(self, kind: str, line: int, detail: str, show: int) -> None:
         """Count a finding; keep the first `show` of each kind with their line."""
@@ -110,44 +113,6 @@ class CheckReport:
     def to_json(self) -> dict[str, Any]:
         """The report as a plain dict."""
         return {**asdict(self), "counts": dict(self.counts)}
-
-
-def _rows(path: Path, report: CheckReport, show: int) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, row) for every readable row; unreadable ones go to the report."""
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        from slimforge.data.sources import iter_records
-
-        yield from enumerate(iter_records(str(path)), 1)
-        return
-    with open(path, encoding="utf-8", errors="replace", newline="") as handle:
-        if suffix == ".csv":
-            reader = csv.DictReader(handle)
-            width = len(reader.fieldnames or [])
-            for row in reader:
-                if None in row or any(v is None for v in row.values()):
-                    report.note("malformed", reader.line_num,
-                                f"{len(row) - (None in row)} of {width} fields", show)
-                    continue
-                yield reader.line_num, row
-            return
-        for number, line in enumerate(handle, 1):
-            if suffix == ".txt":
-                yield number, {"text": line.rstrip("\r\n")}
-                continue
-            if not line.strip():
-                report.note("malformed", number, "blank line", show)
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                report.note("malformed", number, f"not JSON: {exc.msg}", show)
-                continue
-            if not isinstance(row, dict):
-                report.note("malformed", number, f"a JSON {type(row).__name__}, not an object",
-                            show)
-                continue
-            yield number, row
 
 
 def find_sensitive(text: str) -> list[tuple[str, int, int]]:
@@ -201,12 +166,26 @@ def digest(text: str) -> bytes:
     return hashlib.blake2b(normal.encode(), digest_size=8).digest()
 
 
+def eval_index(path: Path, text_field: str, near: NearDuplicates | None) -> dict[bytes, int]:
+    """The evaluation file's texts by digest (-> first line), for exact leakage; with `near`,
+    each distinct text is also signed there under its negative line, for near leakage."""
+    seen: dict[bytes, int] = {}
+    for line, value, problem in read_rows(path):
+        text = None if problem else value.get(text_field)
+        if not (isinstance(text, str) and text.strip()):
+            continue
+        if seen.setdefault(digest(text), line) == line and near is not None:
+            near.add(-line, text)
+    return seen
+
+
 class _Checker:
     """The per-row checks, with what they have seen so far."""
 
     def __init__(self, path: Path, config: CheckConfig) -> None:
         self.config, self.report, self.lengths = config, CheckReport(str(path)), array("I")
         self.first_seen: dict[bytes, int] = {}
+        self.eval_seen: dict[bytes, int] = {}
         self.labels: Counter = Counter()
         self.near: NearDuplicates | None = None
         if config.near_dup_threshold is not None:
@@ -229,35 +208,44 @@ class _Checker:
         _content(text, line, report, config)
         if not text.strip():
             return
-        first = self.first_seen.setdefault(digest(text), line)
+        key = digest(text)
+        if key in self.eval_seen:
+            report.note("leak_exact", line, f"same as eval line {self.eval_seen[key]}",
+                        config.show)
+            return
+        first = self.first_seen.setdefault(key, line)
         if first != line:
             report.note("exact_duplicate", line, f"same as line {first}", config.show)
         elif self.near is not None:
             self.near.add(line, text)
 
 
-def check_file(path: str | Path, config: CheckConfig | None = None
-               ) -> tuple[CheckReport, array]:
+def check_file(path: str | Path, config: CheckConfig | None = None,
+               eval_path: str | Path | None = None) -> tuple[CheckReport, array]:
     """Check a dataset file; returns the report and every text's length (for a histogram).
 
+    With `eval_path` (the evaluation split), training rows that copy an evaluation text
+    exactly (`leak_exact`) or nearly (`leak_near`) are reported with the evaluation line.
+
     Raises:
-        DataError: the file is missing or of an unknown kind (a malformed row is a finding).
+        DataError: a file is missing or of an unknown kind (a malformed row is a finding).
     """
     config = config or CheckConfig()
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"Data file {path} does not exist.", "check the path.")
-    if path.suffix.lower() not in (".jsonl", ".csv", ".parquet", ".txt"):
-        raise DataError(f"{path} has an unsupported extension {path.suffix!r}.",
-                        "use .jsonl, .csv, .parquet or .txt.")
+    path = data_path(path)
     checker = _Checker(path, config)
+    if eval_path is not None:
+        checker.report.eval_path = str(eval_path)
+        checker.eval_seen = eval_index(data_path(eval_path), config.text_field, checker.near)
     report, lengths = checker.report, checker.lengths
-    for line, row in _rows(path, report, config.show):
-        checker.row(line, row)
+    for line, value, problem in read_rows(path):
+        if problem:
+            report.note("malformed", line, problem, config.show)
+        else:
+            checker.row(line, value)
     if report.rows == 0 and not report.counts:
         raise DataError(f"{path} holds no rows.", "point at a file with at least one row.")
     if checker.near is not None:
-        _near_duplicates(checker.near, report, config.show)
+        _near_duplicates(checker.near.clusters(), report, config.show)
     ordered = sorted(lengths)
     if ordered:
         report.length_percentiles = {
@@ -267,12 +255,25 @@ def check_file(path: str | Path, config: CheckConfig | None = None
     return report, lengths
 
 
-def _near_duplicates(near: NearDuplicates, report: CheckReport, show: int) -> None:
-    clusters = near.clusters()
-    report.near_duplicate_clusters = clusters[:show]
+def near_findings(clusters: list[list[int]]) -> Iterator[tuple[str, int, int]]:
+    """What near-duplicate clusters mean, as (kind, line, other line): a training line in a
+    cluster with an evaluation line (a negative key) is `leak_near` of that evaluation line,
+    and every training line after a cluster's first is `near_duplicate` of the first."""
     for cluster in clusters:
-        for line in cluster[1:]:
-            report.note("near_duplicate", line, f"near line {cluster[0]}", show)
+        evals = [-key for key in cluster if key < 0]
+        lines = [key for key in cluster if key > 0]
+        for line in lines if evals else ():
+            yield "leak_near", line, min(evals)
+        for line in lines[1:]:
+            yield "near_duplicate", line, lines[0]
+
+
+def _near_duplicates(clusters: list[list[int]], report: CheckReport, show: int) -> None:
+    for kind, line, other in near_findings(clusters):
+        report.note(kind, line, f"near {'eval ' if kind == 'leak_near' else ''}line {other}",
+                    show)
+    report.near_duplicate_clusters = [
+        lines for lines in ([k for k in c if k > 0] for c in clusters) if len(lines) > 1][:show]
 
 
 def check_report(report: CheckReport) -> str:

@@ -55,6 +55,10 @@ def bands_for(threshold: float, num_perm: int) -> tuple[int, int]:
     return choice
 
 
+CHUNK = 4096
+"""Signatures are kept in arrays of this many texts (never joined: no second copy)."""
+
+
 class NearDuplicates:
     """Add texts one by one (streaming); ask for the clusters at the end."""
 
@@ -63,35 +67,42 @@ class NearDuplicates:
         # Banded for a lower threshold than the one confirmed: LSH misses pairs just above
         # its threshold, the signature check removes those below the real one.
         self.bands, self.rows = bands_for(max(threshold - LSH_SLACK, 0.05), num_perm)
+        self._empty = MinHash(num_perm=num_perm, seed=seed, hashfunc=int)  # copied per text
         self._ids: list[int] = []
         self._chunks: list[np.ndarray] = []
         self._pending: list[np.ndarray] = []
 
+    def __len__(self) -> int:
+        return len(self._ids)
+
     def add(self, key: int, text: str) -> None:
         """Index `text` under `key` (a line number, say)."""
-        minhash = MinHash(num_perm=self.num_perm, seed=self.seed, hashfunc=int)
+        minhash = self._empty.copy()  # the permutations are made once, not per text
         minhash.update_batch(shingles(text))
         self._ids.append(key)
         self._pending.append(minhash.hashvalues.astype(np.uint32))
-        if len(self._pending) >= 4096:  # one compact array per 4,096 texts
+        if len(self._pending) == CHUNK:
             self._chunks.append(np.stack(self._pending))
             self._pending = []
 
-    def _signatures(self) -> np.ndarray:
-        if self._pending:
-            self._chunks.append(np.stack(self._pending))
-            self._pending = []
-        if not self._chunks:
-            return np.zeros((0, self.num_perm), dtype=np.uint32)
-        if len(self._chunks) > 1:
-            self._chunks = [np.concatenate(self._chunks)]
-        return self._chunks[0]
+    def _signature(self, i: int) -> np.ndarray:
+        return self._chunks[i // CHUNK][i % CHUNK]
+
+    def _band_keys(self, band: int) -> np.ndarray:
+        """One 64-bit key per text for one band: texts agreeing on the band's rows share it."""
+        mix = _band_mix(self.rows)
+        cut = slice(band * self.rows, (band + 1) * self.rows)
+        # The products and sums wrap modulo 2^64, which makes them a hash.
+        return np.concatenate([(chunk[:, cut].astype(np.uint64) * mix).sum(axis=1)
+                               for chunk in self._chunks])
 
     def clusters(self) -> list[list[int]]:
         """Groups of keys whose texts are near-duplicates (estimated Jaccard >= threshold),
         each sorted, the groups ordered by their first key."""
-        signatures = self._signatures()
-        parent = list(range(len(signatures)))
+        if self._pending:
+            self._chunks.append(np.stack(self._pending))
+            self._pending = []
+        parent = list(range(len(self._ids)))
 
         def root(i: int) -> int:
             while parent[i] != i:
@@ -99,18 +110,18 @@ class NearDuplicates:
                 i = parent[i]
             return i
 
-        for band in range(self.bands):
-            part = signatures[:, band * self.rows:(band + 1) * self.rows].astype(np.uint64)
-            keys = (part * _band_mix(self.rows)).sum(axis=1)  # wraps mod 2^64: a band hash
+        for band in range(self.bands if self._ids else 0):
+            keys = self._band_keys(band)
             order = np.argsort(keys, kind="stable")
-            same = np.nonzero(keys[order][1:] == keys[order][:-1])[0]
-            for j in same:
+            for j in np.nonzero(keys[order][1:] == keys[order][:-1])[0]:
                 a, b = int(order[j]), int(order[j + 1])
-                similar = np.mean(signatures[a] == signatures[b]) >= self.threshold
-                if similar and root(a) != root(b):
+                if root(a) == root(b):
+                    continue
+                agree = np.mean(self._signature(a) == self._signature(b))
+                if agree >= self.threshold:
                     parent[root(b)] = root(a)
         groups: dict[int, list[int]] = {}
-        for i in range(len(signatures)):
+        for i in range(len(self._ids)):
             groups.setdefault(root(i), []).append(self._ids[i])
         return sorted((sorted(g) for g in groups.values() if len(g) > 1), key=lambda g: g[0])
 

@@ -15,7 +15,6 @@ and do not shift when the corpus grows. Local files are taken whole: the file is
 
 from __future__ import annotations
 
-import csv
 import functools
 import hashlib
 import json
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from slimforge.data.rows import read_rows
 from slimforge.errors import DataError
 
 Split = Literal["train", "eval", "all"]
@@ -144,57 +144,19 @@ def describe(spec: str) -> dict[str, Any]:
 
 
 def iter_records(spec: str) -> Iterator[dict[str, Any]]:
-    """Stream the records of a local file (one dict per line / row); see `load_texts`."""
+    """Stream the records of a local file (one dict per line / row); see `load_texts`.
+    Blank lines are skipped; any other malformed row is an error naming its line."""
     path = Path(spec)
     if not path.is_file():
         raise DataError(f"Data file {path} does not exist.",
                         f"check the path, or use {STDLIB_DOCS} for the built-in corpus.")
-    readers = {".jsonl": _jsonl, ".csv": _csv, ".parquet": _parquet, ".txt": _txt}
-    reader = readers.get(path.suffix.lower())
-    if reader is None:
-        raise DataError(f"{path} has an unsupported extension {path.suffix!r}.",
-                        f"use one of {', '.join(readers)}.")
-    return reader(path)
-
-
-def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{number} is not valid JSON ({exc.msg}).",
-                                "write one JSON object per line.") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{path}:{number} is a JSON {type(record).__name__}, "
-                                "not an object.", 'write objects like {"text": "..."}.')
-            yield record
-
-
-def _csv(path: Path) -> Iterator[dict[str, Any]]:
-    with open(path, encoding="utf-8", newline="") as handle:
-        yield from csv.DictReader(handle)
-
-
-def _parquet(path: Path) -> Iterator[dict[str, Any]]:
-    import pyarrow.parquet as pq
-
-    try:
-        source = pq.ParquetFile(path)
-    except Exception as exc:  # pyarrow raises its own error types for corrupt files
-        raise DataError(f"{path} is not a readable Parquet file ({exc}).",
-                        "write it again, e.g. with pandas.DataFrame.to_parquet.") from None
-    for batch in source.iter_batches(batch_size=1024):
-        yield from batch.to_pylist()
-
-
-def _txt(path: Path) -> Iterator[dict[str, Any]]:
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                yield {"text": line.rstrip("\n")}
+    for line, value, problem in read_rows(path):
+        if problem == "blank line" or (path.suffix.lower() == ".txt" and not value["text"].strip()):
+            continue
+        if problem:
+            raise DataError(f"{path}:{line} is malformed ({problem}).",
+                            f"fix that line; `slimforge data check {path}` lists them all.")
+        yield value
 
 
 def load_records(spec: str, limit: int | None = None) -> list[dict[str, Any]]:

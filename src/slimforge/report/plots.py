@@ -64,9 +64,11 @@ def sensitivity_png(layers: dict[str, dict[str, float]], title: str) -> bytes | 
     return buffer.getvalue()
 
 
-def length_histogram_png(lengths: Sequence[int], title: str) -> bytes | None:
-    """A histogram of text lengths (characters, log-spaced bins); None without texts."""
-    if not lengths:
+def length_histogram_png(series: dict[str, Sequence[int]], title: str) -> bytes | None:
+    """A histogram of text lengths (characters, log-spaced bins), one outline per named
+    series (shares of texts, so datasets of different sizes compare); None without texts."""
+    series = {name: lengths for name, lengths in series.items() if len(lengths)}
+    if not series:
         return None
     import matplotlib
 
@@ -74,14 +76,20 @@ def length_histogram_png(lengths: Sequence[int], title: str) -> bytes | None:
     import numpy as np
     from matplotlib import pyplot as plt
 
-    values = np.maximum(np.frombuffer(memoryview(lengths), dtype=np.uint32)
-                        if isinstance(lengths, array) else np.asarray(lengths), 1)
-    bins = np.unique(np.geomspace(1, max(int(values.max()), 2), 40).astype(int))
+    arrays = {name: np.maximum(np.frombuffer(memoryview(lengths), dtype=np.uint32)
+                               if isinstance(lengths, array) else np.asarray(lengths), 1)
+              for name, lengths in series.items()}
+    top = max(int(values.max()) for values in arrays.values())
+    bins = np.unique(np.geomspace(1, max(top, 2), 40).astype(int))
     fig, ax = plt.subplots(figsize=(7, 3.2))
-    ax.hist(values, bins=bins)
+    for name, values in arrays.items():
+        ax.hist(values, bins=bins, histtype="step", linewidth=1.5, label=name,
+                weights=np.full(len(values), 1 / len(values)))
     ax.set_xscale("log")
     ax.set_xlabel("characters per text")
-    ax.set_ylabel("texts")
+    ax.set_ylabel("share of texts")
+    if len(arrays) > 1:
+        ax.legend()
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     buffer = io.BytesIO()

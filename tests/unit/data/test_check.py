@@ -82,3 +82,17 @@ def test_missing_unknown_and_empty_files_are_clear_errors(tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(DataError, match="no rows"):
         check_file(tmp_path / "empty.jsonl")
+
+
+def test_training_rows_that_copy_eval_rows_are_reported_with_the_eval_line(tmp_path):
+    from tests.unit.data.test_clean import OTHER, PARAGRAPH, THIRD, _jsonl
+
+    train = _jsonl(tmp_path / "train.jsonl", [
+        PARAGRAPH, OTHER.upper(), THIRD.replace("runtime", "run-time"), "A fine row here."])
+    held_out = _jsonl(tmp_path / "eval.jsonl", [THIRD, OTHER])
+    held_out.write_text("{broken\n" + held_out.read_text())  # a bad eval line is skipped
+    report, _ = check_file(train, eval_path=held_out)
+    assert report.examples["leak_exact"] == [{"line": 2, "detail": "same as eval line 3"}]
+    assert report.examples["leak_near"] == [{"line": 3, "detail": "near eval line 2"}]
+    assert "near_duplicate" not in report.counts
+    assert report.eval_path == str(held_out)

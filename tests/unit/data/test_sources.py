@@ -43,7 +43,7 @@ def test_reading_streams_and_stops_at_the_limit(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text('{"text": "a"}\n{"text": "b"}\nnot json at all\n')
     assert load_texts(str(path), limit=2) == ["a", "b"]  # the bad line is never read
-    with pytest.raises(DataError, match=r"d.jsonl:3 is not valid JSON"):
+    with pytest.raises(DataError, match=r"d.jsonl:3 is malformed \(not JSON"):
         load_texts(str(path))
 
 
