@@ -194,12 +194,15 @@ def bench(
 def optimize(
     recipe: str = typer.Argument(None, help="a YAML recipe; the embedded default when omitted"),
     output_dir: str = typer.Option(None, help="overrides the recipe's output_dir"),
+    proceed: bool = typer.Option(False, help="run on data that breaks the data check's "
+                                 "hard rules (the report still says which)"),
 ) -> None:
-    """Baseline and every recipe stage, evaluated and benchmarked; the winner is saved."""
+    """Baseline and every recipe stage, evaluated and benchmarked; the winner is saved.
+    Local data files are checked first (`data_check` in the recipe)."""
     from slimforge.pipeline import optimize as run_optimize
     from slimforge.report.report import SHORT_COLUMNS, stage_rows
 
-    result = run_optimize(recipe, output_dir)
+    result = run_optimize(recipe, output_dir, proceed=proceed)
     summary = json.loads((result.run_dir / "metrics.json").read_text())
     _table(f"slimforge optimize {summary['model']}", SHORT_COLUMNS,
            stage_rows(summary["stages"], short=True))
@@ -400,22 +403,14 @@ def data_check(
     """Malformed rows (with line numbers), schema, empty/short texts, encoding damage,
     control characters, exact and near duplicates, leakage into an evaluation split,
     sensitive strings, lengths and labels."""
-    from slimforge.data.check import CheckConfig, check_file, check_report
-    from slimforge.io.run import write_run
-    from slimforge.report.plots import length_histogram_png
+    from slimforge.data.check import CheckConfig
+    from slimforge.data.gate import check_and_report
 
     config = CheckConfig(text_field=text_field, label_field=label_field, min_chars=min_chars,
                          labels=labels.split(",") if labels else None, show=show,
                          near_dup_threshold=None if no_near_dups else near_dup_threshold)
-    report, lengths = check_file(path, config, eval_path=eval_file)
-    markdown = check_report(report)
-    picture = length_histogram_png({"texts": lengths}, f"text lengths: {path}")
-    files = {"lengths.png": picture} if picture else {}
-    if picture:
-        markdown += "\n![text lengths](lengths.png)\n"
-    run = write_run(output_dir, "data-check", path, config.model_dump(), report.to_json(),
-                    markdown, files=files)
-    Console().print(markdown, markup=False, highlight=False)
+    report, run, markdown = check_and_report(path, config, output_dir, eval_file)
+    sys.stdout.write(markdown)  # plain: with a large --show it is long, and rich is slow
     console.print(f"run folder: {run}")
     _json_line({**report.to_json(), "run": str(run)})
 

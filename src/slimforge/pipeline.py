@@ -1,6 +1,7 @@
 """`optimize(recipe) -> OptimizeResult`: the one orchestrator.
 
-Owns: baseline -> each stage's compression steps -> evaluate and benchmark every stage ->
+Owns: the data gate on every local data file (before any model is loaded) -> baseline ->
+each stage's compression steps -> evaluate and benchmark every stage ->
 pick the winner within the quality floor -> write the run folder (winner's model, metrics,
 report, manifest). Every stage is benchmarked against the baseline in the same run, so its
 speed-up is a ratio the noisy machine cancels out of. Methods plug in through the compression
@@ -16,6 +17,7 @@ from typing import Any
 from slimforge.bench.bench import BenchResult, benchmark
 from slimforge.bench.cost import cost_table, load_prices, rows_to_json, throughput_of_bench
 from slimforge.compress import apply_step
+from slimforge.data.gate import GateResult, gate
 from slimforge.data.sources import load_texts
 from slimforge.errors import SlimforgeError
 from slimforge.evaluation.evaluate import EvalResult, evaluate
@@ -121,20 +123,39 @@ def _sensitivity_plots(stages: list[StageResult]) -> dict[str, bytes]:
     return plots
 
 
-def optimize(recipe: Recipe | str | Path | None = None, output_dir: str | None = None
-             ) -> OptimizeResult:
+def _check_data(recipe: Recipe, output_dir: str, proceed: bool) -> list[GateResult]:
+    """The data gate on every local file the run reads: the evaluation data, and the
+    calibration data (which must not leak into it)."""
+    rules = recipe.data_check.model_copy(update={"proceed": True}) if proceed \
+        else recipe.data_check
+    field = recipe.eval.text_field
+    found = [gate(recipe.data, "evaluation", rules, output_dir, field)]
+    if recipe.calibration_data is not None:
+        found.append(gate(recipe.calibration_data, "calibration", rules, output_dir, field,
+                          eval_data=recipe.data))
+    return [result for result in found if result is not None]
+
+
+def optimize(recipe: Recipe | str | Path | None = None, output_dir: str | None = None,
+             proceed: bool = False) -> OptimizeResult:
     """Compare the baseline with every stage of a recipe, pick the winner, write a run.
 
     Args:
         recipe: a Recipe, a YAML path, or None for the embedded default.
         output_dir: overrides the recipe's `output_dir`.
+        proceed: run on data that breaks the recipe's `data_check` rules.
 
     Returns:
         Every stage's figures, the winner and the run folder holding its model and report.
+
+    Raises:
+        DataError: a data file breaks a hard rule (before any model is loaded).
     """
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
+    output_dir = output_dir or recipe.output_dir
     prices = load_prices(recipe.cost.prices) if recipe.cost else None  # before any work
+    data_checks = _check_data(recipe, output_dir, proceed)
     base_model = load_model(recipe.model, recipe.task)
     base_eval = evaluate(base_model, recipe.data, config=recipe.eval)
     calibration = _calibration(recipe)
@@ -148,11 +169,13 @@ def optimize(recipe: Recipe | str | Path | None = None, output_dir: str | None =
     winner, reason = _pick(stages, recipe.select)
     summary = {"model": recipe.model, "data": base_eval.data, "selected": winner.name,
                "reason": reason, "stages": [s.to_json(s is winner) for s in stages]}
+    if data_checks:
+        summary["data_check"] = [result.to_json() for result in data_checks]
     if recipe.cost is not None and prices is not None:
         measured = [throughput_of_bench(s["name"], s["bench"]) for s in summary["stages"]]
         summary["cost"] = rows_to_json(cost_table(measured, prices, recipe.cost.target_per_s))
     plots = _sensitivity_plots(stages)
-    run_dir = write_run(output_dir or recipe.output_dir, "optimize", recipe.model,
+    run_dir = write_run(output_dir, "optimize", recipe.model,
                         recipe.model_dump(mode="json"), summary,
                         optimize_report(summary, plots=list(plots)), model=winner.loaded,
                         files=plots)

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from slimforge.bench.bench import BenchConfig
 from slimforge.compress import parse_step
+from slimforge.data.gate import DataRules
 from slimforge.data.sources import STDLIB_DOCS
 from slimforge.errors import RecipeError
 from slimforge.evaluation.evaluate import EvalConfig
@@ -93,6 +94,9 @@ class Recipe(_Frozen):
     """Where run folders are written."""
     cost: CostConfig | None = None
     """With a price table: the report prices every candidate."""
+    data_check: DataRules = Field(default_factory=DataRules)
+    """Hard rules every local data file must meet before any model is loaded (`data/gate.py`);
+    `proceed: true` runs on data that breaks them."""
 
     @field_validator("stages")
     @classmethod

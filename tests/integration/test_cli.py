@@ -162,3 +162,26 @@ def test_data_drift_names_what_moved_and_draws_both_lengths(tmp_path):
     run = tmp_path / "runs" / result["run"].split("/")[-1]
     assert (run / "lengths.png").read_bytes().startswith(b"\x89PNG")
     assert "| lengths |" in (run / "report.md").read_text()
+
+
+def test_optimize_checks_local_data_first_and_refuses_it_unless_told_to_proceed(tmp_path):
+    from slimforge.data.sources import load_texts
+
+    texts = load_texts("builtin:stdlib-docs", "eval", limit=12)
+    rows = [*texts, texts[0], texts[1].lower(), texts[2]]  # 3 of 15 rows are duplicates
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in rows))
+    (tmp_path / "tiny.yaml").write_text(
+        "model: builtin:tiny-bert\ndata: eval.jsonl\n"
+        "eval: {limit: 8, max_length: 32}\n"
+        "bench: {repeats: 2, batch_size: 2, seq_len: 16, warmup: 1}\n")
+    refused = slimforge("optimize", "tiny.yaml", cwd=tmp_path)
+    assert refused.returncode != 0
+    assert "Traceback" not in refused.stderr
+    assert "duplicates: 3 of 15 rows (20.00%) > 5%" in refused.stderr
+    (check,) = (tmp_path / "runs").iterdir()  # the check's report, and no optimize run
+    assert str(check / "report.md") in refused.stderr.replace("\n", "")
+    done = slimforge("optimize", "tiny.yaml", "--proceed", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    report = (tmp_path / last_json(done.stdout)["report"]).read_text()
+    assert "## Data check" in report
+    assert "BROKE duplicates: 3 of 15 rows" in report

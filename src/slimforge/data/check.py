@@ -1,7 +1,7 @@
 """`check_file(path, config)`: what is wrong with a dataset, read as a stream.
 
 Owns: `CheckConfig`, `CheckReport`, `check_file`, `check_report`, `SENSITIVE`,
-`find_sensitive`, `eval_index`, `near_findings`, `digest`, `luhn_ok`. One pass over
+`find_sensitive`, `eval_index`, `near_findings`, `normalize`, `digest`, `luhn_ok`. One pass over
 a JSONL, CSV, Parquet or plain-text file, never holding more than a row at a time plus
 compact per-row figures (a length and an 8-byte hash): a file larger than memory works.
 It finds
@@ -25,6 +25,7 @@ Drift between two datasets is `drift.py`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import unicodedata
@@ -52,6 +53,8 @@ SENSITIVE: dict[str, re.Pattern[str]] = {
     "api_key": re.compile(r"\b(?:sk-[A-Za-z0-9_-]{16,}|gh[pousr]_[A-Za-z0-9]{20,}|"
                           r"xox[abpr]-[A-Za-z0-9-]{10,}|AKIA[0-9A-Z]{16}|AIza[0-9A-Za-z_-]{35})"),
 }
+MAYBE_SENSITIVE = re.compile(r"@|\d[\d. -]\d|sk-|gh[pousr]_|xox[abpr]-|AKIA|AIza")
+"""What every match of a `SENSITIVE` pattern contains: most texts lack it and skip them all."""
 SENSITIVE_PRIORITY = ("api_key", "email", "card", "ipv4", "phone")
 """Which kind a string counts as where two patterns match it."""
 MOJIBAKE = re.compile(r"Ã[\u0080-\u00bf]|â€[\u0080-\u00bf™œ\u009d]|Â[\u00a0-\u00bf]")
@@ -120,6 +123,8 @@ def find_sensitive(text: str) -> list[tuple[str, int, int]]:
     numbers count only when they pass the Luhn check, a phone-like match inside any long
     digit run is part of that number, and where matches overlap the more specific kind
     (earlier in `SENSITIVE_PRIORITY`) wins."""
+    if not MAYBE_SENSITIVE.search(text):
+        return []
     digit_runs = [m.span() for m in SENSITIVE["card"].finditer(text)]
     kept: list[tuple[str, int, int]] = []
     for kind in SENSITIVE_PRIORITY:
@@ -160,9 +165,15 @@ def _label(label: Any, line: int, report: CheckReport, config: CheckConfig) -> N
         report.note("bad_label", line, f"{config.label_field}: {label!r}", config.show)
 
 
+@functools.lru_cache(maxsize=4)  # a row's text is normalised for its digest, then shingled
+def normalize(text: str) -> str:
+    """The text as duplicates are compared: NFKC, case-folded, whitespace collapsed."""
+    return SPACES.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+
+
 def digest(text: str) -> bytes:
-    """An 8-byte hash of the text after NFKC, case-folding and collapsing whitespace."""
-    normal = SPACES.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+    """An 8-byte hash of the normalised text (`normalize`)."""
+    normal = normalize(text)
     return hashlib.blake2b(normal.encode(), digest_size=8).digest()
 
 

@@ -131,8 +131,22 @@ def optimize_report(summary: dict[str, Any], plots: list[str] | None = None) -> 
     for stage in stages:
         if stage["notes"]:
             lines.append(f"- {stage['name']}: " + "; ".join(stage["notes"]))
-    lines += ["", *cost_section(summary.get("cost", [])), *_layer_section(stages, plots or [])]
+    lines += ["", *_data_section(summary.get("data_check", [])),
+              *cost_section(summary.get("cost", [])), *_layer_section(stages, plots or [])]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _data_section(checks: list[dict[str, Any]]) -> list[str]:
+    """What the data gate said about each local data file the run read."""
+    if not checks:
+        return []
+    lines = ["## Data check", ""]
+    for check in checks:
+        verdict = ("passed every hard rule" if check["passed"] else
+                   "BROKE " + "; ".join(check["failures"]) + " (run on, as told to proceed)")
+        lines.append(f"- {check['role']} data `{check['data']}`: {verdict}; "
+                     f"report: `{check['report']}`")
+    return [*lines, ""]
 
 
 def bench_report(result: dict[str, Any]) -> str:

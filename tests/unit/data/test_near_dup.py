@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import random
 
+import numpy as np
 import pytest
 
 from slimforge.data.check import CheckConfig, check_file
-from slimforge.data.near_dup import NearDuplicates, bands_for, shingles
+from slimforge.data.near_dup import NearDuplicates, bands_for, shingles, signatures
 
 
 def _jaccard(a: str, b: str) -> float:
@@ -63,3 +64,18 @@ def test_check_reports_near_duplicates_as_clusters_of_lines(tmp_path):
     assert report.examples["near_duplicate"] == [{"line": 3, "detail": "near line 1"}]
     off, _ = check_file(path, CheckConfig(near_dup_threshold=None))
     assert "near_duplicate" not in off.counts
+
+
+def test_batched_signatures_are_datasketchs_own(planted):
+    from datasketch import MinHash
+
+    rows, _ = planted
+    texts = [*rows[:300], "", "abc"]  # short texts are padded to one shingle
+    sets = [shingles(t) for t in texts]
+    template = MinHash(num_perm=64, seed=1, hashfunc=int)
+    assert template.scheme == "affine32"
+    ours = signatures(sets, template.permutations)
+    for text_set, signature in zip(sets, ours, strict=True):
+        theirs = template.copy()
+        theirs.update_batch(text_set)
+        assert np.array_equal(theirs.hashvalues, signature)
