@@ -95,7 +95,9 @@ def register_step(
 def _providers() -> None:
     """Import every module that registers steps (explicit, no scanning)."""
     import slimforge.compress.export  # noqa: F401
+    import slimforge.compress.prune  # noqa: F401
     import slimforge.compress.quantize  # noqa: F401
+    import slimforge.compress.structured  # noqa: F401
 
 
 def get_step(name: str) -> CompressionStep:

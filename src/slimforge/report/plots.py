@@ -30,7 +30,9 @@ def sensitivity_png(layers: dict[str, dict[str, float]], title: str) -> bytes | 
     Returns:
         PNG bytes, or None when there is no figure to plot.
     """
-    ranked = sorted((item for item in layers.items() if item[1]), key=lambda kv: _rank_key(kv[1]))
+    ranked = sorted((item for item in layers.items()
+                     if {"sqnr_db", "alone_sqnr_db"} & set(item[1])),
+                    key=lambda kv: _rank_key(kv[1]))
     ranked = ranked[:SHOWN_LAYERS]
     if not ranked:
         return None
