@@ -43,3 +43,16 @@ def test_weight_only_int8_and_int4_keep_perplexity(smollm2):
     int4 = apply_step(smollm2, {"step": "quantize", "method": "weight-only-int4",
                                 "group_size": 32})
     assert evaluate(int4, config=config).metrics["perplexity"] / base <= 1.10
+
+
+def test_wanda_beats_magnitude_at_half_sparsity(smollm2):
+    """Sun et al. 2023's claim, on held-out text: at 50% unstructured, Wanda's perplexity is
+    below magnitude's."""
+    from slimforge.compress import apply_step
+
+    config = EvalConfig(max_tokens=1024, window=512, stride=512)
+    magnitude = apply_step(smollm2, {"step": "prune", "sparsity": 0.5})
+    by_magnitude = evaluate(magnitude, config=config).metrics["perplexity"]
+    del magnitude
+    wanda = apply_step(smollm2, {"step": "prune", "method": "wanda", "sparsity": 0.5})
+    assert evaluate(wanda, config=config).metrics["perplexity"] < by_magnitude

@@ -9,14 +9,17 @@ own `prune_linear_layer`. Llama heads go by key/value group (a KV head and the q
 that share it), so grouped-query attention stays consistent.
 
 Importance, measured by the step's `prepare` hook on calibration text (`score: activation`):
-an FFN neuron's mean |activation| times the norm of its outgoing weights; a head's mean
-output norm times the norm of its slice of the output projection; a layer's influence,
-1 - cos(input, output) of its hidden states averaged over tokens (Men et al. 2024, "ShortGPT")
-— a layer that barely turns the residual stream goes first. `score: magnitude` uses weight
-norms alone (no data; not for layers). The resolved choice — which heads, neurons and
-layers, by index — is what the step records, so the saved model is rebuilt by replaying the
-cut on the original architecture (`restructure`), and reloads smaller with no data. The
-Hugging Face `config.json` beside it still describes the model before the cut.
+with `compensate` (the default), what each removed input of an output projection put out
+on average is folded into that projection's bias, so a neuron or head is scored by what is
+still lost — the variance of its output times its outgoing weights' squared norm (An et al.
+2024, "FLAP"); without, by its mean |output| times its outgoing weights' norm. A layer's
+influence is 1 - cos(input, output) of its hidden states averaged over tokens (Men et al.
+2024, "ShortGPT"): a layer that barely turns the residual stream goes first.
+`score: magnitude` uses weight norms alone (no data; not for layers). The resolved choice
+— which heads, neurons and layers, by index — is what the step records, so the saved model
+is rebuilt by replaying the cut on the original architecture (`restructure`), and reloads
+smaller with no data. The Hugging Face `config.json` beside it still describes the model
+before the cut.
 """
 
 from __future__ import annotations
@@ -50,6 +53,12 @@ class StructuredConfig(StepConfig):
     """Resolved: per layer index, the FFN neurons removed."""
     remove_layers: list[int] = Field(default_factory=list)
     """Resolved: the layers removed."""
+    compensate: bool = True
+    """Add what a removed head or neuron put out on average (over calibration tokens) to
+    the output projection's bias (An et al. 2024, "FLAP"), where that projection has one."""
+    means: dict[int, dict[str, list[float]]] = Field(default_factory=dict, exclude=True)
+    """Filled by `prepare` when compensating: per layer, the mean input of the attention
+    and FFN output projections. Not recorded: the biases are in the saved weights."""
 
     @model_validator(mode="after")
     def _layers_need_activations(self) -> StructuredConfig:
@@ -146,33 +155,36 @@ def _column_norms(linear: nn.Linear, width: int) -> torch.Tensor:
     return weight.reshape(weight.shape[0], -1, width).pow(2).sum(dim=(0, 2)).sqrt()
 
 
-def importance(loaded: Any, texts: Sequence[str], max_length: int = 256
-               ) -> dict[str, list[torch.Tensor] | torch.Tensor]:
-    """Per layer: head (KV group) scores, FFN neuron scores; and one influence per layer."""
+def _collect(loaded: Any, parts: list[_Block], texts: Sequence[str], max_length: int
+             ) -> tuple[dict[tuple[int, str], torch.Tensor], torch.Tensor, int]:
+    """Over every calibration token (one text per forward: no padding counts): per layer,
+    the sum, sum of squares and sum of |x| of each input of both output projections, and
+    the summed influence of each layer; and the token count."""
     from slimforge.models.tasks import tokenize
 
-    parts = [_Block(layer) for layer in blocks(loaded.model)]
-    heads = [torch.zeros(p.heads * p.group) for p in parts]
-    neurons = [torch.zeros(p.ffn_out.in_features) for p in parts]
+    sums = {(i, kind): torch.zeros(3, width) for i, p in enumerate(parts)
+            for kind, width in (("heads", p.out_proj.in_features),
+                                ("neurons", p.ffn_out.in_features))}
     influence, tokens = torch.zeros(len(parts)), 0
-    handles = []
-    for i, part in enumerate(parts):
-        def at_out(_m: nn.Module, args: tuple, i: int = i, part: _Block = part) -> None:
+
+    def accumulate(key: tuple[int, str]):
+        def hook(_m: nn.Module, args: tuple) -> None:
             x = args[0].detach().float().reshape(-1, args[0].shape[-1])
-            heads[i] += x.reshape(len(x), -1, part.head_dim).norm(dim=-1).sum(dim=0)
+            sums[key] += torch.stack([x.sum(0), x.pow(2).sum(0), x.abs().sum(0)])
+        return hook
 
-        def at_ffn(_m: nn.Module, args: tuple, i: int = i) -> None:
-            neurons[i] += args[0].detach().float().abs().reshape(-1, args[0].shape[-1]).sum(0)
-
-        def at_layer(_m: nn.Module, args: tuple, kwargs: dict, out: Any, i: int = i) -> None:
+    def at_layer(i: int):
+        def hook(_m: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
             before = (args[0] if args else kwargs["hidden_states"]).detach().float()
             after = (out[0] if isinstance(out, tuple) else out).detach().float()
-            cos = nn.functional.cosine_similarity(before, after, dim=-1)
-            influence[i] += (1 - cos).sum()
+            influence[i] += (1 - nn.functional.cosine_similarity(before, after, dim=-1)).sum()
+        return hook
 
-        handles += [part.out_proj.register_forward_pre_hook(at_out),
-                    part.ffn_out.register_forward_pre_hook(at_ffn),
-                    part.layer.register_forward_hook(at_layer, with_kwargs=True)]
+    handles = []
+    for i, part in enumerate(parts):
+        handles += [part.out_proj.register_forward_pre_hook(accumulate((i, "heads"))),
+                    part.ffn_out.register_forward_pre_hook(accumulate((i, "neurons"))),
+                    part.layer.register_forward_hook(at_layer(i), with_kwargs=True)]
     try:
         with torch.inference_mode():
             for text in texts:
@@ -182,11 +194,33 @@ def importance(loaded: Any, texts: Sequence[str], max_length: int = 256
     finally:
         for handle in handles:
             handle.remove()
-    head_scores = [(h / max(tokens, 1) * _column_norms(p.out_proj, p.head_dim))
-                   .reshape(p.heads, p.group).sum(dim=1) for h, p in zip(heads, parts, strict=True)]
-    neuron_scores = [n / max(tokens, 1) * _column_norms(p.ffn_out, 1)
-                     for n, p in zip(neurons, parts, strict=True)]
-    return {"heads": head_scores, "neurons": neuron_scores, "layers": influence / max(tokens, 1)}
+    return sums, influence, tokens
+
+
+def importance(loaded: Any, texts: Sequence[str], fluctuation: bool = True,
+               max_length: int = 256) -> dict[str, Any]:
+    """Per layer: head (KV group) and FFN neuron scores and the mean input of both output
+    projections; and one influence per layer.
+
+    An input column j of an output projection W scores var(x_j) x |W[:, j]|^2 with
+    `fluctuation` (what is lost once the mean is folded into the bias: FLAP), else
+    mean |x_j| x |W[:, j]|; a head scores the sum over its columns (Llama: its KV group's)."""
+    parts = [_Block(layer) for layer in blocks(loaded.model)]
+    sums, influence, tokens = _collect(loaded, parts, texts, max_length)
+    count = max(tokens, 1)
+    result: dict[str, Any] = {"heads": [], "neurons": [], "head_means": [], "neuron_means": [],
+                              "layers": influence / count}
+    for i, part in enumerate(parts):
+        for kind, projection in (("heads", part.out_proj), ("neurons", part.ffn_out)):
+            total, squares, absolute = sums[(i, kind)] / count
+            norms = projection.weight.detach().float().pow(2).sum(dim=0)
+            column = ((squares - total.pow(2)).clamp(min=0) * norms if fluctuation
+                      else absolute * norms.sqrt())
+            if kind == "heads":
+                column = column.reshape(part.heads, -1).sum(dim=1)
+            result[kind].append(column)
+            result[f"{kind[:-1]}_means"].append(total)
+    return result
 
 
 def _magnitude(model: nn.Module) -> dict[str, list[torch.Tensor]]:
@@ -197,10 +231,15 @@ def _magnitude(model: nn.Module) -> dict[str, list[torch.Tensor]]:
 
 
 def _prepare(loaded: Any, config: StructuredConfig, calibration: Sequence[str]) -> Prepared:
-    if config.remove_heads or config.remove_neurons or config.remove_layers:
-        return Prepared(config)  # already resolved (a replay, or the user's own choice)
-    scores = (importance(loaded, calibration) if config.score == "activation"
+    resolved = bool(config.remove_heads or config.remove_neurons or config.remove_layers)
+    measure = config.score == "activation" or (resolved and config.compensate)
+    scores = (importance(loaded, calibration, fluctuation=config.compensate) if measure
               else _magnitude(loaded.model))
+    means = {i: {"heads": head.tolist(), "neurons": neuron.tolist()} for i, (head, neuron) in
+             enumerate(zip(scores["head_means"], scores["neuron_means"], strict=True))
+             } if config.compensate and "head_means" in scores else {}
+    if resolved:  # the user's own choice: only the compensation needs data
+        return Prepared(config.model_copy(update={"means": means}))
     parts = [_Block(layer) for layer in blocks(loaded.model)]
     if config.layers >= len(parts):
         raise SlimforgeError(f"Cannot remove {config.layers} of {len(parts)} layers.",
@@ -211,7 +250,7 @@ def _prepare(loaded: Any, config: StructuredConfig, calibration: Sequence[str]) 
                for i, s in enumerate(scores["neurons"]) if int(config.ffn * len(s))}
     layers = _lowest(scores["layers"], config.layers) if config.layers else []
     resolved = config.model_copy(update={"remove_heads": heads, "remove_neurons": neurons,
-                                         "remove_layers": layers})
+                                         "remove_layers": layers, "means": means})
     kept_heads = parts[0].heads - len(heads.get(0, []))
     kept_ffn = parts[0].ffn_out.in_features - len(neurons.get(0, []))
     note = (f"structured ({config.score}): {len(parts) - len(layers)} of {len(parts)} layers, "
@@ -221,14 +260,26 @@ def _prepare(loaded: Any, config: StructuredConfig, calibration: Sequence[str]) 
     return Prepared(resolved, [note])
 
 
+def _compensate(projection: nn.Linear, columns: torch.Tensor, mean: list[float] | None) -> None:
+    """Fold the removed inputs' average contribution into the projection's bias."""
+    if mean is None or projection.bias is None:
+        return
+    with torch.no_grad():
+        projection.bias += projection.weight[:, columns].float() @ torch.tensor(mean)[columns]
+
+
 def _cut(model: nn.Module, config: StructuredConfig) -> nn.Module:
     layers = blocks(model)
     for i, layer in enumerate(layers):
         part = _Block(layer)
         if config.remove_heads.get(i):
             gone = set(config.remove_heads[i])
+            _compensate(part.out_proj, part.query_rows(sorted(gone)),
+                        config.means.get(i, {}).get("heads"))
             part.keep_heads([h for h in range(part.heads) if h not in gone])
         if config.remove_neurons.get(i):
+            _compensate(part.ffn_out, torch.tensor(sorted(config.remove_neurons[i])),
+                        config.means.get(i, {}).get("neurons"))
             gone = set(config.remove_neurons[i])
             part.keep_neurons(torch.tensor([n for n in range(part.ffn_out.in_features)
                                             if n not in gone], dtype=torch.long))

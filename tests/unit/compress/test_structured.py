@@ -73,3 +73,21 @@ def test_magnitude_scores_need_no_data_but_cannot_rank_layers():
         StructuredConfig(score="magnitude", layers=1)
     with pytest.raises(Exception, match="no BERT- or Llama-style layers"):
         prune_structured(torch.nn.Linear(2, 2), StructuredConfig(remove_layers=[0]))
+
+
+def test_a_constant_neuron_is_folded_into_the_bias_and_chosen_first():
+    loaded = load_model("builtin:tiny-bert")
+    layer = blocks(loaded.model)[0]
+    with torch.no_grad():  # neuron 9 outputs gelu(2.0) for every token: no fluctuation
+        layer.intermediate.dense.weight[9] = 0
+        layer.intermediate.dense.bias[9] = 2.0
+    chosen = apply_step(loaded, {"step": "prune_structured", "heads": 0, "ffn": 0.02},
+                        calibration=CALIBRATION)
+    assert chosen.steps[-1]["remove_neurons"]["0"] == [9]  # no fluctuation: nothing lost
+    assert "means" not in chosen.steps[-1]  # the compensation is in the saved bias
+    cut = apply_step(loaded, {"step": "prune_structured", "heads": 0,
+                              "remove_neurons": {0: [9]}}, calibration=CALIBRATION)
+    assert torch.allclose(_out(cut), _out(loaded), atol=1e-5)
+    plain = apply_step(loaded, {"step": "prune_structured", "heads": 0, "compensate": False,
+                                "remove_neurons": {0: [9]}})
+    assert not torch.allclose(_out(plain), _out(loaded), atol=1e-3)
