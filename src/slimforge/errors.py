@@ -45,5 +45,10 @@ class RecipeError(SlimforgeError):
     """A recipe file that does not parse or does not validate."""
 
 
+class TrainingError(SlimforgeError):
+    """A training run that cannot go on: a NaN or infinite loss, a checkpoint that does not
+    fit, a precision the device cannot do."""
+
+
 class SlimforgeWarning(UserWarning):
     """Something worth knowing that does not stop the run."""

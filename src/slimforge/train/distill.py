@@ -1,0 +1,164 @@
+"""Knowledge distillation through `fit`: a student learns to reproduce its teacher.
+
+Owns: `DistillConfig`, `EmbeddingDistillation`, `LogitDistillation`, `distill`,
+`student_from_teacher`. Two signals:
+
+- representation (embedding models): 1 - cos between the student's and the teacher's pooled
+  sentence embeddings, plus `mse_weight` x their squared distance; when the widths differ a
+  learned projection maps the student's into the teacher's space. The teacher's embeddings
+  are computed once (it is frozen), so each step costs the student alone.
+- logits (causal LMs): KL divergence between the temperature-softened next-token
+  distributions, scaled by T^2 so its gradients keep their size as T changes (Hinton et al.
+  2015), mixed with the hard next-token loss by `alpha`; summed over tokens, so `fit`
+  normalises by the step's token count.
+
+A student is any model of the teacher's task, or `student_from_teacher`: the teacher with
+some layers dropped (and optionally narrower FFNs), initialised from its weights — the
+`prune_structured` step, so it saves and reloads like any pruned model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from slimforge.models.tasks import LoadedModel, embed, pool, tokenize
+from slimforge.train.config import TrainConfig
+from slimforge.train.engine import TrainResult, fit
+
+
+class DistillConfig(BaseModel):
+    """The distillation signal."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    temperature: float = Field(2.0, gt=0)
+    """logits: softening of both distributions."""
+    alpha: float = Field(0.5, ge=0, le=1)
+    """logits: weight of the distillation term; 1 - alpha goes to the hard-label loss."""
+    mse_weight: float = Field(1.0, ge=0)
+    """representation: weight of the squared distance beside 1 - cos."""
+    max_length: int = Field(128, ge=8)
+    """Tokens per text (representation) or per window (logits)."""
+
+
+class _Student(nn.Module):
+    """The student, and a projection into the teacher's width when they differ."""
+
+    def __init__(self, model: nn.Module, width: int, teacher_width: int) -> None:
+        super().__init__()
+        self.model = model
+        self.projection = nn.Linear(width, teacher_width) if width != teacher_width else None
+
+    def forward(self, **batch: torch.Tensor) -> Any:
+        return self.model(**batch)
+
+
+class EmbeddingDistillation:
+    """Objective: match the teacher's pooled, normalised sentence embeddings."""
+
+    def __init__(self, student: LoadedModel, texts: Sequence[str], targets: torch.Tensor,
+                 config: DistillConfig) -> None:
+        self.student, self.texts, self.targets, self.config = student, texts, targets, config
+
+    def units(self, examples: Sequence[int]) -> int:
+        return len(examples)
+
+    def loss(self, model: nn.Module, examples: Sequence[int]) -> torch.Tensor:
+        batch = tokenize(self.student, [self.texts[i] for i in examples], self.config.max_length)
+        hidden = model(**batch).last_hidden_state  # the student, its holder, or DDP of either
+        vectors = pool(hidden, batch["attention_mask"], self.student.pooling)
+        projection = getattr(getattr(model, "module", model), "projection", None)
+        if projection is not None:
+            vectors = nn.functional.normalize(projection(vectors), dim=-1)
+        target = self.targets[list(examples)]
+        cosine = (vectors * target).sum(dim=-1)
+        return (1 - cosine).sum() + self.config.mse_weight * (vectors - target).pow(2).sum()
+
+
+class LogitDistillation:
+    """Objective: the teacher's softened next-token distribution, and the true next token."""
+
+    def __init__(self, student: LoadedModel, teacher: LoadedModel, config: DistillConfig) -> None:
+        self.student, self.teacher, self.config = student, teacher, config
+
+    def units(self, examples: Sequence[torch.Tensor]) -> int:
+        return sum(len(window) - 1 for window in examples)
+
+    def loss(self, model: nn.Module, examples: Sequence[torch.Tensor]) -> torch.Tensor:
+        ids = torch.stack(list(examples)).to(self.student.device)
+        with torch.no_grad():
+            teacher = self.teacher.model(input_ids=ids).logits[:, :-1].float()
+        student = model(input_ids=ids).logits[:, :-1].float()
+        t = self.config.temperature
+        soft = nn.functional.kl_div(nn.functional.log_softmax(student / t, dim=-1),
+                                    nn.functional.log_softmax(teacher / t, dim=-1),
+                                    log_target=True, reduction="sum") * t * t
+        hard = nn.functional.cross_entropy(student.reshape(-1, student.shape[-1]),
+                                           ids[:, 1:].reshape(-1), reduction="sum")
+        return self.config.alpha * soft + (1 - self.config.alpha) * hard
+
+
+def token_windows(loaded: LoadedModel, texts: Sequence[str], length: int) -> list[torch.Tensor]:
+    """The texts' tokens joined end to end and cut into windows of `length` (the last
+    partial window dropped): causal-LM training examples."""
+    ids = loaded.tokenizer("\n\n".join(texts), return_tensors="pt")["input_ids"][0]
+    return [ids[i:i + length] for i in range(0, len(ids) - length + 1, length)]
+
+
+def student_from_teacher(teacher: LoadedModel, keep_layers: Sequence[int],
+                         ffn: float = 0.0, calibration: Sequence[str] | None = None
+                         ) -> LoadedModel:
+    """The teacher with only `keep_layers` left (and `ffn` of each FFN's neurons removed),
+    initialised from its weights."""
+    from slimforge.compress import apply_step
+    from slimforge.compress.structured import blocks
+
+    count = len(blocks(teacher.model))
+    drop = [i for i in range(count) if i not in set(keep_layers)]
+    step = {"step": "prune_structured", "heads": 0.0, "ffn": ffn, "remove_layers": drop,
+            "compensate": False}
+    if ffn == 0:
+        step["score"] = "magnitude"  # nothing is ranked: no calibration pass needed
+    return apply_step(teacher, step, calibration=calibration)
+
+
+def distill(student: LoadedModel, teacher: LoadedModel, texts: Sequence[str],
+            config: DistillConfig, train: TrainConfig, run_dir: str | Path,
+            evaluate: Any = None, resume: bool = False) -> tuple[LoadedModel, TrainResult]:
+    """Train `student` to reproduce `teacher` on `texts`; returns the trained student (a new
+    LoadedModel recording the step) and the run's result.
+
+    Raises:
+        TrainingError: see `fit`; also a task without a distillation signal here.
+    """
+    from slimforge.errors import TrainingError
+
+    if student.task != teacher.task:
+        raise TrainingError(f"The student is a {student.task} model, the teacher a "
+                            f"{teacher.task} one.", "distill between models of one task.")
+    model = student.model
+    if student.task == "embedding":
+        targets = embed(teacher, list(texts), max_length=config.max_length)
+        width = embed(student, list(texts[:1]), max_length=config.max_length).shape[-1]
+        holder = _Student(model, width, targets.shape[-1])
+        objective: Any = EmbeddingDistillation(student, texts, targets, config)
+        examples: Sequence[Any] = list(range(len(texts)))
+        trained = holder if holder.projection is not None else model
+    elif student.task == "causal-lm":
+        objective = LogitDistillation(student, teacher, config)
+        examples = token_windows(student, texts, config.max_length)
+        trained = model
+    else:
+        raise TrainingError(f"No distillation signal for {student.task} models yet.",
+                            "distill embedding or causal-lm models.")
+    result = fit(trained, examples, objective, train, run_dir, evaluate=evaluate, resume=resume)
+    # Training changes values, not structure: no step to replay, the weights carry it.
+    note = f"distilled from {teacher.spec} for {result.steps} steps ({result.precision})"
+    return dataclasses.replace(student, model=model, notes=[*student.notes, note]), result

@@ -1,0 +1,328 @@
+"""`fit(model, examples, objective, config, run_dir) -> TrainResult`: one training loop for
+fine-tuning, recovery after compression and distillation, on one process or many.
+
+Owns: `Objective`, `TrainResult`, `fit`, `precision_for`. The loop:
+
+- Data order is a seeded permutation per epoch, and the position in the stream (examples
+  consumed) is part of the checkpoint, so a resumed run sees exactly the batches the
+  uninterrupted one would have.
+- Accumulation normalises the loss over the whole step: the objective returns a *summed*
+  loss and `units` says how many examples or tokens a micro-batch holds, so every
+  micro-batch's loss is divided by the step's total units (across processes too), not
+  averaged per micro-batch and then again over micro-batches (wrong when micro-batches hold
+  different numbers of tokens).
+- Mixed precision by autocast: bf16 (CPU or GPU), or fp16 with a gradient scaler (GPU);
+  the choice and its reason are printed once and recorded.
+- Gradient clipping, AdamW or SGD, warmup then cosine / linear / step decay (`config.py`).
+- Evaluation every N steps with the task's metric (higher is better), the best weights kept
+  in `best/`, early stopping after `patience` evaluations without gain; at the end the
+  model holds the best weights when there was an evaluation.
+- A resumable checkpoint in `last/` every N steps (`state.py`); `resume=True` continues
+  from it: same weights as an uninterrupted run, bit for bit on a CPU.
+- A NaN or infinite loss stops the run before anything is written, so `last/` is intact.
+- Under `torchrun` (the process group initialised), the model is wrapped in
+  DistributedDataParallel, each process takes its share of every global batch, and only
+  rank 0 writes.
+- `metrics.jsonl` in the run folder: one line per step and per evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from slimforge.errors import TrainingError
+from slimforge.train.config import TrainConfig, lr_factor
+from slimforge.train.state import load_state, load_weights, save_state, save_weights
+
+
+class Objective(Protocol):
+    """What `fit` minimises."""
+
+    def units(self, examples: Sequence[Any]) -> int:
+        """How many loss terms `loss` sums over these examples (examples, or tokens)."""
+        ...
+
+    def loss(self, model: nn.Module, examples: Sequence[Any]) -> torch.Tensor:
+        """The summed loss of `model` on `examples` (a scalar with a graph)."""
+        ...
+
+
+@dataclass
+class TrainResult:
+    """What a run did."""
+
+    steps: int
+    seconds: float
+    last_loss: float
+    best_metric: float | None
+    best_step: int | None
+    stopped_early: bool
+    precision: str
+    precision_reason: str
+    resumed_from: int | None
+    run_dir: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The result as a plain dict."""
+        return asdict(self)
+
+
+def precision_for(config: TrainConfig, device: torch.device) -> tuple[str, str]:
+    """The precision to train in and why."""
+    cuda = device.type == "cuda"
+    if config.precision == "fp16" and not cuda:
+        raise TrainingError("fp16 training needs a CUDA GPU (its gradient scaler and kernels).",
+                            "use precision: bf16 or fp32 on a CPU.")
+    if config.precision != "auto":
+        return config.precision, "as configured"
+    if cuda:
+        if torch.cuda.is_bf16_supported():
+            return "bf16", "the GPU computes in bf16 natively (no loss scaling needed)"
+        return "fp16", "the GPU has no bf16: fp16 with a gradient scaler"
+    from slimforge.compress.quantize import cpu_has_bf16
+
+    if cpu_has_bf16():
+        return "bf16", "the CPU has native bf16 (AMX / AVX-512 BF16)"
+    return "fp32", "this CPU has no native bf16: autocast would be slower than fp32"
+
+
+def _world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def _sum_across(value: float) -> float:
+    import torch.distributed as dist
+
+    if _world()[0] == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(tensor)
+    return float(tensor)
+
+
+class _Stream:
+    """The examples in training order: a seeded permutation per epoch, from a position."""
+
+    def __init__(self, count: int, seed: int, position: int) -> None:
+        self.count, self.seed, self.position = count, seed, position
+        self._epoch, self._order = -1, torch.empty(0, dtype=torch.long)
+
+    def take(self, size: int) -> list[int]:
+        picked = []
+        for k in range(self.position, self.position + size):
+            epoch = k // self.count
+            if epoch != self._epoch:
+                generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+                self._epoch, self._order = epoch, torch.randperm(self.count, generator=generator)
+            picked.append(int(self._order[k % self.count]))
+        self.position += size
+        return picked
+
+
+def _micro_batches(stream: _Stream, examples: Sequence[Any], config: TrainConfig
+                   ) -> Iterator[list[Any]]:
+    """This process's share of each micro-batch of the next step."""
+    world, rank = _world()
+    for _ in range(config.accumulation):
+        picked = stream.take(config.batch_size * world)
+        mine = picked[rank * config.batch_size:(rank + 1) * config.batch_size]
+        yield [examples[i] for i in mine]
+
+
+class _Log:
+    """metrics.jsonl, rewritten on resume to the lines up to the checkpoint's step."""
+
+    def __init__(self, path: Path, keep_until: int | None, enabled: bool) -> None:
+        self.path, self.enabled = path, enabled
+        if enabled and keep_until is not None and path.is_file():
+            kept = [line for line in path.read_text().splitlines()
+                    if json.loads(line)["step"] <= keep_until]
+            path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self.enabled:
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(row) + "\n")
+
+
+def _optimizer(model: nn.Module, config: TrainConfig, lr: float) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=config.momentum,
+                               weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
+
+
+class _Run:
+    """One call of `fit`: the model, its optimizer and schedule, and where it stands."""
+
+    def __init__(self, model: nn.Module, examples: Sequence[Any], objective: Objective,
+                 config: TrainConfig, run_dir: Path) -> None:
+        self.model, self.examples, self.objective, self.config = model, examples, objective, config
+        self.run_dir = run_dir
+        self.world, self.rank = _world()
+        device = next(model.parameters()).device
+        self.precision, self.reason = precision_for(config, device)
+        self.device_type = device.type
+        global_batch = config.batch_size * config.accumulation * self.world
+        lr = config.lr * (global_batch / config.scale_lr_from_batch
+                          if config.scale_lr_from_batch else 1)
+        self.optimizer = _optimizer(model, config, lr)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(config, step))
+        self.scaler = torch.amp.GradScaler(self.device_type, enabled=self.precision == "fp16")
+        self.wrapped = model
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.wrapped = DistributedDataParallel(model)
+        self.step, self.best, self.best_step, self.bad = 0, None, None, 0
+        self.stream = _Stream(len(examples), config.seed, 0)
+
+    def parts(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer, "schedule": self.schedule, "scaler": self.scaler,
+                "progress": {"step": self.step, "position": self.stream.position,
+                             "best": self.best, "best_step": self.best_step, "bad": self.bad}}
+
+    def resume(self) -> int | None:
+        folder = self.run_dir / "last"
+        if not (folder / "state.pt").is_file():
+            return None
+        restored = load_state(folder, self.model, self.parts())
+        progress = restored["progress"]
+        self.step, self.stream.position = progress["step"], progress["position"]
+        self.best, self.best_step, self.bad = (progress["best"], progress["best_step"],
+                                               progress["bad"])
+        return self.step
+
+    def autocast(self) -> Any:
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        return torch.autocast(self.device_type, dtype=dtype, enabled=dtype is not None)
+
+    def one_step(self) -> tuple[float, float]:
+        """Forward and backward over the step's micro-batches, then the update; returns the
+        step's mean loss per unit and the gradient norm before clipping."""
+        from contextlib import nullcontext
+
+        micro = list(_micro_batches(self.stream, self.examples, self.config))
+        total = _sum_across(float(sum(self.objective.units(m) for m in micro)))
+        if total == 0:
+            raise TrainingError(f"Step {self.step + 1} has no loss terms (empty examples).",
+                                "drop examples without text or targets from the data.")
+        summed = 0.0
+        for i, examples in enumerate(micro):
+            last = i == len(micro) - 1
+            sync = nullcontext() if last or self.world == 1 else self.wrapped.no_sync()
+            with sync:
+                with self.autocast():
+                    loss = self.objective.loss(self.wrapped, examples)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise TrainingError(
+                        f"The loss is {value} at step {self.step + 1}; the run stopped "
+                        f"and the last good checkpoint ({self.run_dir / 'last'}) is intact.",
+                        "lower lr, enable clip_norm, use fp32/bf16 instead of fp16, or look for "
+                        "broken examples (`slimforge data check`).")
+                self.scaler.scale(loss * (self.world / total)).backward()
+            summed += value
+        self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        norm = float(torch.nn.utils.clip_grad_norm_(
+            params, self.config.clip_norm if self.config.clip_norm else math.inf))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.schedule.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return _sum_across(summed) / total, norm
+
+
+def fit(model: nn.Module, examples: Sequence[Any], objective: Objective, config: TrainConfig,
+        run_dir: str | Path, evaluate: Callable[[nn.Module], float] | None = None,
+        resume: bool = False) -> TrainResult:
+    """Train `model` in place on `examples` under `objective`.
+
+    Args:
+        model: the model to train (its parameters with `requires_grad` are updated).
+        examples: the training examples, indexable; the objective turns a list of them
+            into a loss.
+        objective: `units(examples)` and summed `loss(model, examples)`.
+        config: steps, batches, optimizer, schedule, precision, evaluation, checkpoints.
+        run_dir: where `last/`, `best/` and `metrics.jsonl` go.
+        evaluate: model -> metric (higher is better), run in eval mode without gradients.
+        resume: continue from `run_dir/last` when it exists.
+
+    Raises:
+        TrainingError: a NaN or infinite loss (nothing written after it), no data, fp16
+            without a GPU, or a checkpoint that does not fit.
+    """
+    if len(examples) == 0:
+        raise TrainingError("There are no training examples.", "point at non-empty data.")
+    from slimforge.progress import track
+
+    run_dir = Path(run_dir)
+    run = _Run(model, examples, objective, config, run_dir)
+    resumed = run.resume() if resume else None
+    writer = run.rank == 0
+    if writer:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    log = _Log(run_dir / "metrics.jsonl", resumed if resume else 0, writer)
+    started, loss, stopped = time.perf_counter(), math.nan, False
+    model.train()
+    for _ in track(range(run.step, config.max_steps), "training"):
+        tick = time.perf_counter()
+        loss, norm = run.one_step()
+        log.write({"step": run.step, "loss": loss, "lr": run.schedule.get_last_lr()[0],
+                   "grad_norm": norm, "seconds": time.perf_counter() - tick})
+        final = run.step == config.max_steps
+        if evaluate is not None and (final or config.eval_every
+                                     and run.step % config.eval_every == 0):
+            stopped = _evaluate(run, evaluate, log, writer)
+        if writer and (final or stopped or run.step % config.checkpoint_every == 0):
+            save_state(run_dir / "last", model, run.parts(),
+                       {"step": run.step, "precision": run.precision})
+        _barrier()
+        if stopped:
+            break
+    if evaluate is not None and run.best_step is not None and (run_dir / "best").is_dir():
+        load_weights(run_dir / "best", model)
+    model.eval()
+    return TrainResult(run.step, time.perf_counter() - started, loss, run.best, run.best_step,
+                       stopped, run.precision, run.reason, resumed, str(run_dir))
+
+
+def _evaluate(run: _Run, evaluate: Callable[[nn.Module], float], log: _Log,
+              writer: bool) -> bool:
+    """Evaluate, keep the best weights, and say whether to stop early."""
+    run.model.eval()
+    with torch.no_grad():
+        metric = float(evaluate(run.model))
+    run.model.train()
+    log.write({"step": run.step, "eval": metric})
+    if run.best is None or metric > run.best:
+        run.best, run.best_step, run.bad = metric, run.step, 0
+        if writer:
+            save_weights(run.run_dir / "best", run.model, {"step": run.step, "metric": metric})
+    else:
+        run.bad += 1
+    return run.config.patience is not None and run.bad >= run.config.patience
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if _world()[0] > 1:
+        dist.barrier()
