@@ -5,8 +5,10 @@ attention heads of every layer (`prune_structured`, importance from 32 train-spl
 paragraphs), timed against the unpruned model in alternating rounds at batch 32 x 128 tokens
 and at batch 1; fidelity as the mean cosine to the unpruned embeddings on the held-out
 split; unstructured 50% magnitude beside it, to show that zeros alone buy no speed on a CPU.
-The saved pruned model is reloaded in a new process and must give identical outputs.
-No recovery fine-tuning yet (issue 5 builds the training engine): its figure is null.
+The saved pruned model is reloaded in a new process and must give identical outputs. Then
+recovery: the pruned model is distilled from the unpruned one (representation loss, 1 - cos
++ MSE of the pooled embeddings; AdamW, warmup then cosine decay, bf16 autocast where the CPU
+has it) on the train split, and its held-out cosine is measured again.
 
 SmolLM2 (`builtin:smollm2`, fp32): held-out perplexity of the dense model and at 50%
 unstructured sparsity by magnitude and by Wanda (input norms from 32 train-split
@@ -43,7 +45,22 @@ torch.save({"out": out, "ffn": loaded.model.encoder.layer[0].intermediate.dense.
 """
 
 
-def minilm(limit: int) -> dict:
+def recover(model, base, steps: int, lr: float) -> tuple:
+    """Distil the pruned model from the unpruned one; (recovered model, train seconds)."""
+    from slimforge.data.sources import load_texts
+    from slimforge.train.config import TrainConfig
+    from slimforge.train.distill import DistillConfig, distill
+
+    texts = load_texts("builtin:stdlib-docs", "train")
+    with tempfile.TemporaryDirectory() as folder:
+        recovered, result = distill(
+            model, base, texts, DistillConfig(max_length=128),
+            TrainConfig(max_steps=steps, batch_size=32, lr=lr, warmup_steps=20,
+                        checkpoint_every=steps), folder)
+    return recovered, result.seconds, result.precision
+
+
+def minilm(limit: int, recovery_steps: int, recovery_lr: float) -> dict:
     import torch
 
     from slimforge.bench.bench import BenchConfig, benchmark
@@ -82,6 +99,14 @@ def minilm(limit: int) -> dict:
                 here = model.model(**batch).last_hidden_state
             rows[label]["reload_identical"] = bool(torch.equal(again["out"], here))
             rows[label]["reloaded_shapes"] = {"ffn": again["ffn"], "heads": again["heads"]}
+            if recovery_steps:
+                recovered, seconds, precision = recover(model, base, recovery_steps,
+                                                        recovery_lr)
+                quality = evaluate(recovered, config=eval_config, reference=reference)
+                rows[label].update({"cosine_recovered": quality.metrics["cosine_mean"],
+                                    "recovery_steps": recovery_steps,
+                                    "recovery_seconds": seconds,
+                                    "recovery_precision": precision})
     return rows
 
 
@@ -106,9 +131,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=500, help="MiniLM held-out paragraphs")
     parser.add_argument("--max-tokens", type=int, default=8192, help="SmolLM2 eval tokens")
+    parser.add_argument("--recovery-steps", type=int, default=400, help="0: no recovery")
+    parser.add_argument("--recovery-lr", type=float, default=3e-4)
     args = parser.parse_args()
     started = time.perf_counter()
-    mini = minilm(args.limit)
+    mini = minilm(args.limit, args.recovery_steps, args.recovery_lr)
     llm = smollm2(args.max_tokens)
     structured = mini["structured: 30% FFN neurons, 25% heads"]
     for label, row in mini.items():
@@ -120,7 +147,8 @@ def main() -> None:
         "minilm_structured_speedup": structured["batch32_speedup"],
         "minilm_structured_batch1_speedup": structured["batch1_speedup"],
         "minilm_structured_cosine": structured["cosine"],
-        "minilm_structured_cosine_recovered": None,
+        "minilm_structured_cosine_recovered": structured.get("cosine_recovered"),
+        "minilm_structured_recovery_seconds": structured.get("recovery_seconds"),
         "minilm_structured_reload_identical": structured["reload_identical"],
         "minilm_rows": mini,
         "smollm2_fp32_ppl": llm["fp32"], "smollm2_magnitude50_ppl": llm["magnitude 50%"],

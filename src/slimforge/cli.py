@@ -191,6 +191,93 @@ def bench(
 
 @app.command()
 @friendly
+def distill(
+    teacher: str = typer.Argument(..., help=SPEC_HELP),
+    student: str = typer.Option(None, help="a student model spec (default: the teacher's own "
+                                "layers, --keep-layers)"),
+    keep_layers: str = typer.Option(None, help="student from the teacher: the layers kept, "
+                                    "e.g. 1,3,5 (default: every other one)"),
+    data: str = typer.Option("builtin:stdlib-docs", help="training texts (built-in corpus: "
+                             "its train split)"),
+    eval_data: str = typer.Option("builtin:stdlib-docs", help="held-out texts to measure the "
+                                  "student on (built-in corpus: its eval split)"),
+    text_field: str = typer.Option("text", help="data files: the text column"),
+    steps: int = typer.Option(300, help="optimizer steps"),
+    batch_size: int = typer.Option(32, help="texts (or token windows) per micro-batch"),
+    accumulation: int = typer.Option(1, help="micro-batches per step"),
+    lr: float = typer.Option(3e-4, help="peak learning rate (AdamW, warmup then cosine)"),
+    warmup_steps: int = typer.Option(20, help="linear warmup steps"),
+    precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16 (GPU)"),
+    max_length: int = typer.Option(128, help="tokens per text or window"),
+    limit: int = typer.Option(200, help="held-out texts (embedding) for the before/after"),
+    work_dir: str = typer.Option(None, help="checkpoints and metrics.jsonl (default: "
+                                 "OUTPUT_DIR/distill-work)"),
+    resume: bool = typer.Option(False, help="continue from the work dir's last checkpoint"),
+    proceed: bool = typer.Option(False, help="train on data that breaks the data check's "
+                                 "hard rules"),
+    output_dir: str = typer.Option("runs", help="where the run folder goes"),
+) -> None:
+    """Distil TEACHER into a smaller student (embeddings: 1 - cos + MSE; causal LMs: KL at
+    temperature T and the next-token loss); the student is saved as a run folder."""
+    from pathlib import Path
+
+    from slimforge.data.gate import DataRules, gate
+    from slimforge.data.sources import load_texts
+    from slimforge.io.run import write_run
+    from slimforge.models.load import load_model
+    from slimforge.train.config import TrainConfig
+    from slimforge.train.distill import DistillConfig, student_from_teacher
+    from slimforge.train.distill import distill as run_distill
+
+    config = TrainConfig(max_steps=steps, batch_size=batch_size, accumulation=accumulation,
+                         lr=lr, warmup_steps=min(warmup_steps, steps - 1),
+                         precision=precision, checkpoint_every=max(1, min(50, steps)))
+    checked = gate(data, "training", DataRules(proceed=proceed), output_dir, text_field)
+    texts = load_texts(data, "train", text_field=text_field)
+    big = load_model(teacher)
+    if student is not None:
+        small = load_model(student)
+    else:
+        from slimforge.compress.structured import blocks
+
+        count = len(blocks(big.model))
+        kept = ([int(i) for i in keep_layers.split(",")] if keep_layers
+                else list(range(1, count, 2)))
+        small = student_from_teacher(big, kept)
+    before, teacher_eval = _student_quality(small, big, eval_data, limit)
+    folder = Path(work_dir or Path(output_dir) / "distill-work")
+    trained, result = run_distill(small, big, texts, DistillConfig(max_length=max_length),
+                                  config, folder, resume=resume)
+    after, _ = _student_quality(trained, big, eval_data, limit, teacher_eval)
+    summary = {"teacher": teacher, "before": before, "after": after, "train": result.to_json(),
+               "data_check": checked.to_json() if checked else None}
+    lines = [f"# slimforge distill: {teacher}", "",
+             f"- Student: {small.steps[-1] if small.steps else student}",
+             f"- {result.steps} steps in {result.seconds:.0f} s, {result.precision} "
+             f"({result.precision_reason})", "", "| held-out | before | after |", "|---|---|---|",
+             *(f"| {k} | {before[k]:.4g} | {after[k]:.4g} |" for k in after), ""]
+    run = write_run(output_dir, "distill", teacher, config.model_dump(), summary,
+                    "\n".join(lines), model=trained)
+    _table(f"slimforge distill {teacher}", ("held-out", "before", "after"),
+           [[k, f"{before[k]:.4g}", f"{after[k]:.4g}"] for k in after])
+    console.print(f"run folder: {run}")
+    _json_line({**summary, "run": str(run)})
+
+
+def _student_quality(student, teacher, data, limit, teacher_eval=None):
+    """The student's held-out quality: cosine to the teacher (embedding) or perplexity."""
+    from slimforge.evaluation.evaluate import EvalConfig, evaluate
+
+    config = EvalConfig(limit=limit, max_tokens=4096)
+    if student.task == "embedding":
+        teacher_eval = teacher_eval or evaluate(teacher, data, config=config)
+        found = evaluate(student, data, reference=teacher_eval, config=config).metrics
+        return {"cosine_mean": found["cosine_mean"]}, teacher_eval
+    return {"perplexity": evaluate(student, data, config=config).metrics["perplexity"]}, None
+
+
+@app.command()
+@friendly
 def optimize(
     recipe: str = typer.Argument(None, help="a YAML recipe; the embedded default when omitted"),
     output_dir: str = typer.Option(None, help="overrides the recipe's output_dir"),

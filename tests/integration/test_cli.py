@@ -185,3 +185,22 @@ def test_optimize_checks_local_data_first_and_refuses_it_unless_told_to_proceed(
     report = (tmp_path / last_json(done.stdout)["report"]).read_text()
     assert "## Data check" in report
     assert "BROKE duplicates: 3 of 15 rows" in report
+
+
+def test_distill_saves_a_smaller_student_that_reloads_and_resumes(tmp_path):
+    done = slimforge("distill", "builtin:tiny-bert", "--keep-layers", "0", "--steps", "6",
+                     "--batch-size", "4", "--limit", "16", "--max-length", "32", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    result = last_json(done.stdout)
+    assert result["train"]["steps"] == 6
+    assert set(result["after"]) == {"cosine_mean"}
+    from slimforge.compress.structured import blocks
+    from slimforge.models.load import load_model
+
+    student = load_model(str(tmp_path / "runs" / result["run"].split("/")[-1]))
+    assert len(blocks(student.model)) == 1
+    more = slimforge("distill", "builtin:tiny-bert", "--keep-layers", "0", "--steps", "8",
+                     "--batch-size", "4", "--limit", "16", "--max-length", "32", "--resume",
+                     cwd=tmp_path)
+    assert more.returncode == 0, more.stderr
+    assert last_json(more.stdout)["train"]["resumed_from"] == 6
