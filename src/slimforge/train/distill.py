@@ -44,6 +44,11 @@ class DistillConfig(BaseModel):
     """logits: weight of the distillation term; 1 - alpha goes to the hard-label loss."""
     mse_weight: float = Field(1.0, ge=0)
     """representation: weight of the squared distance beside 1 - cos."""
+    hidden_weight: float = Field(0.0, ge=0)
+    """representation: weight of matching every layer's hidden states too (mean squared
+    error per token, each student layer against the teacher layer it came from); needs a
+    student of the teacher's width (a pruned or truncated teacher). The teacher then runs
+    beside the student at every step instead of once."""
     max_length: int = Field(128, ge=8)
     """Tokens per text (representation) or per window (logits)."""
 
@@ -64,22 +69,43 @@ class EmbeddingDistillation:
     """Objective: match the teacher's pooled, normalised sentence embeddings."""
 
     def __init__(self, student: LoadedModel, texts: Sequence[str], targets: torch.Tensor,
-                 config: DistillConfig) -> None:
+                 config: DistillConfig, teacher: LoadedModel | None = None) -> None:
         self.student, self.texts, self.targets, self.config = student, texts, targets, config
+        self.teacher = teacher
+        self.layer_map = teacher_layers(student) if teacher is not None else []
 
     def units(self, examples: Sequence[int]) -> int:
         return len(examples)
 
     def loss(self, model: nn.Module, examples: Sequence[int]) -> torch.Tensor:
         batch = tokenize(self.student, [self.texts[i] for i in examples], self.config.max_length)
-        hidden = model(**batch).last_hidden_state  # the student, its holder, or DDP of either
+        wanted = self.config.hidden_weight > 0 and self.teacher is not None
+        out = model(**batch, output_hidden_states=wanted)  # student, holder, or DDP of either
+        hidden = out.last_hidden_state
         vectors = pool(hidden, batch["attention_mask"], self.student.pooling)
+        layers = self._hidden_loss(out.hidden_states, batch) if wanted else 0.0
         projection = getattr(getattr(model, "module", model), "projection", None)
         if projection is not None:
             vectors = nn.functional.normalize(projection(vectors), dim=-1)
         target = self.targets[list(examples)]
         cosine = (vectors * target).sum(dim=-1)
-        return (1 - cosine).sum() + self.config.mse_weight * (vectors - target).pow(2).sum()
+        return ((1 - cosine).sum() + self.config.mse_weight * (vectors - target).pow(2).sum()
+                + self.config.hidden_weight * layers)
+
+    def _hidden_loss(self, student: Sequence[torch.Tensor], batch: dict[str, torch.Tensor]
+                     ) -> torch.Tensor:
+        """Per text, the mean over its tokens of the squared distance between each student
+        layer's output and its teacher layer's, summed over layers and texts."""
+        assert self.teacher is not None
+        with torch.no_grad():
+            teacher = self.teacher.model(**batch, output_hidden_states=True).hidden_states
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        tokens = mask.sum(dim=1).squeeze(-1)
+        total = torch.zeros((), dtype=torch.float32)
+        for j, source in enumerate(self.layer_map):
+            gap = (student[j + 1].float() - teacher[source + 1].float()).pow(2).mean(-1)
+            total = total + ((gap * mask.squeeze(-1)).sum(dim=1) / tokens).sum()
+        return total
 
 
 class LogitDistillation:
@@ -103,6 +129,20 @@ class LogitDistillation:
         hard = nn.functional.cross_entropy(student.reshape(-1, student.shape[-1]),
                                            ids[:, 1:].reshape(-1), reduction="sum")
         return self.config.alpha * soft + (1 - self.config.alpha) * hard
+
+
+def teacher_layers(student: LoadedModel) -> list[int]:
+    """For each layer of a student made from its teacher (`prune_structured` steps), the
+    teacher layer it came from."""
+    from slimforge.compress.structured import blocks
+
+    left = list(range(len(blocks(student.model)) + sum(
+        len(s.get("remove_layers", [])) for s in student.steps if s["step"] == "prune_structured")))
+    for step in student.steps:
+        if step["step"] == "prune_structured":
+            gone = set(step.get("remove_layers", []))
+            left = [source for i, source in enumerate(left) if i not in gone]
+    return left
 
 
 def token_windows(loaded: LoadedModel, texts: Sequence[str], length: int) -> list[torch.Tensor]:
@@ -148,7 +188,8 @@ def distill(student: LoadedModel, teacher: LoadedModel, texts: Sequence[str],
         targets = embed(teacher, list(texts), max_length=config.max_length)
         width = embed(student, list(texts[:1]), max_length=config.max_length).shape[-1]
         holder = _Student(model, width, targets.shape[-1])
-        objective: Any = EmbeddingDistillation(student, texts, targets, config)
+        objective: Any = EmbeddingDistillation(student, texts, targets, config,
+                                               teacher if config.hidden_weight else None)
         examples: Sequence[Any] = list(range(len(texts)))
         trained = holder if holder.projection is not None else model
     elif student.task == "causal-lm":

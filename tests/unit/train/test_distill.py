@@ -1,0 +1,83 @@
+"""train/distill.py: students built from teachers learn to reproduce them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from slimforge.compress.structured import blocks
+from slimforge.models.load import load_model
+from slimforge.models.tasks import embed
+from slimforge.train.config import TrainConfig
+from slimforge.train.distill import (
+    DistillConfig,
+    EmbeddingDistillation,
+    distill,
+    student_from_teacher,
+    teacher_layers,
+    token_windows,
+)
+
+TEXTS = [f"sentence {i}: the {('quick', 'lazy', 'brown')[i % 3]} fox number {i * 7 % 11}"
+         for i in range(48)]
+TRAIN = {"batch_size": 8, "lr": 3e-3, "warmup_steps": 2, "precision": "fp32", "seed": 1}
+
+
+def _losses(folder):
+    return [json.loads(x)["loss"] for x in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_an_embedding_student_moves_towards_its_teacher(tmp_path):
+    teacher = load_model("builtin:tiny-bert")
+    student = student_from_teacher(teacher, [1])
+    assert len(blocks(student.model)) == 1
+    assert teacher_layers(student) == [1]
+    with torch.no_grad():  # start away from the teacher (tiny random models agree closely)
+        torch.manual_seed(0)
+        for p in blocks(student.model).parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    target = embed(teacher, TEXTS, max_length=32)
+
+    def gap(model):
+        return float((1 - (embed(model, TEXTS, max_length=32) * target).sum(-1)).mean())
+
+    before = gap(student)
+    trained, result = distill(student, teacher, TEXTS, DistillConfig(max_length=32),
+                              TrainConfig(max_steps=40, **TRAIN), tmp_path)
+    assert gap(trained) < 0.5 * before
+    assert result.steps == 40
+    assert "distilled from builtin:tiny-bert" in trained.notes[-1]
+    assert trained.steps == student.steps  # training changes values, not the structure
+
+
+def test_hidden_states_are_matched_layer_to_layer():
+    teacher = load_model("builtin:tiny-bert")
+    same = student_from_teacher(teacher, [0, 1])  # nothing removed: nothing to learn
+    targets = embed(teacher, TEXTS, max_length=32)
+    objective = EmbeddingDistillation(same, TEXTS, targets,
+                                      DistillConfig(max_length=32, hidden_weight=1.0), teacher)
+    same.model.eval()
+    with torch.no_grad():
+        assert float(objective.loss(same.model, [0, 1, 2])) == pytest.approx(0.0, abs=1e-5)
+    half = student_from_teacher(teacher, [1])  # its one layer against the teacher's second
+    half.model.eval()
+    losses = []
+    for weight in (0.0, 1.0):
+        objective = EmbeddingDistillation(
+            half, TEXTS, targets, DistillConfig(max_length=32, hidden_weight=weight), teacher)
+        with torch.no_grad():
+            losses.append(float(objective.loss(half.model, [0, 1, 2])))
+    assert losses[1] > losses[0] + 1e-5
+
+
+def test_a_causal_student_learns_the_softened_next_token_distribution(tmp_path):
+    teacher = load_model("builtin:tiny-llama")
+    student = student_from_teacher(teacher, [0])
+    assert all(len(w) == 16 for w in token_windows(student, TEXTS, 16))
+    _, result = distill(student, teacher, TEXTS, DistillConfig(max_length=16),
+                        TrainConfig(max_steps=30, **TRAIN), tmp_path)
+    losses = _losses(tmp_path)
+    assert sum(losses[-5:]) < sum(losses[:5])
+    assert result.precision == "fp32"
