@@ -145,9 +145,9 @@ def _micro_batches(stream: _Stream, examples: Sequence[Any], config: TrainConfig
 class _Log:
     """metrics.jsonl, rewritten on resume to the lines up to the checkpoint's step."""
 
-    def __init__(self, path: Path, keep_until: int | None, enabled: bool) -> None:
+    def __init__(self, path: Path, keep_until: int, enabled: bool) -> None:
         self.path, self.enabled = path, enabled
-        if enabled and keep_until is not None and path.is_file():
+        if enabled and path.is_file():
             kept = [line for line in path.read_text().splitlines()
                     if json.loads(line)["step"] <= keep_until]
             path.write_text("".join(line + "\n" for line in kept))
@@ -279,7 +279,7 @@ def fit(model: nn.Module, examples: Sequence[Any], objective: Objective, config:
     writer = run.rank == 0
     if writer:
         run_dir.mkdir(parents=True, exist_ok=True)
-    log = _Log(run_dir / "metrics.jsonl", resumed if resume else 0, writer)
+    log = _Log(run_dir / "metrics.jsonl", resumed or 0, writer)  # a fresh start: a fresh log
     started, loss, stopped = time.perf_counter(), math.nan, False
     model.train()
     for _ in track(range(run.step, config.max_steps), "training"):
