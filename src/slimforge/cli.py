@@ -191,6 +191,78 @@ def bench(
 
 @app.command()
 @friendly
+def train(
+    spec: str = typer.Argument(..., help=SPEC_HELP),
+    data: str = typer.Option("builtin:stdlib-docs", help="training texts (built-in corpus: "
+                             "its train split)"),
+    eval_data: str = typer.Option("builtin:stdlib-docs", help="held-out texts for the "
+                                  "before/after perplexity (built-in corpus: its eval split)"),
+    text_field: str = typer.Option("text", help="data files: the text column"),
+    steps: int = typer.Option(100, help="optimizer steps"),
+    batch_size: int = typer.Option(8, help="token windows per micro-batch"),
+    accumulation: int = typer.Option(1, help="micro-batches per step"),
+    lr: float = typer.Option(5e-5, help="peak learning rate (AdamW, warmup then cosine)"),
+    warmup_steps: int = typer.Option(10, help="linear warmup steps"),
+    precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16 (GPU)"),
+    max_length: int = typer.Option(256, help="tokens per training window"),
+    work_dir: str = typer.Option(None, help="checkpoints and metrics.jsonl (default: "
+                                 "OUTPUT_DIR/train-work)"),
+    resume: bool = typer.Option(False, help="continue from the work dir's last checkpoint"),
+    proceed: bool = typer.Option(False, help="train on data that breaks the data check's "
+                                 "hard rules"),
+    output_dir: str = typer.Option("runs", help="where the run folder goes"),
+) -> None:
+    """Fine-tune a causal LM on text (next-token loss); the data is checked first, the run
+    is resumable, and the model is saved as a run folder with perplexity before and after."""
+    import dataclasses
+    from pathlib import Path
+
+    from slimforge.data.gate import DataRules, gate
+    from slimforge.data.sources import load_texts
+    from slimforge.errors import SlimforgeError
+    from slimforge.io.run import write_run
+    from slimforge.models.load import load_model
+    from slimforge.train.config import TrainConfig
+    from slimforge.train.distill import token_windows
+    from slimforge.train.engine import fit
+    from slimforge.train.objectives import NextToken
+
+    config = TrainConfig(max_steps=steps, batch_size=batch_size, accumulation=accumulation,
+                         lr=lr, warmup_steps=min(warmup_steps, steps - 1),
+                         precision=precision, checkpoint_every=max(1, min(50, steps)))
+    checked = gate(data, "training", DataRules(proceed=proceed), output_dir, text_field)
+    loaded = load_model(spec)
+    if loaded.task != "causal-lm":
+        raise SlimforgeError(f"slimforge train fine-tunes causal LMs; {spec} is a "
+                             f"{loaded.task} model.",
+                             "use slimforge distill to train a smaller embedding model.")
+    windows = token_windows(loaded, load_texts(data, "train", text_field=text_field),
+                            max_length)
+    if not windows:
+        raise SlimforgeError(f"{data} holds fewer than {max_length} tokens.",
+                             "use more text, or a smaller --max-length.")
+    before, _ = _held_out_quality(loaded, loaded, eval_data, None)
+    result = fit(loaded.model, windows, NextToken(loaded.device), config,
+                 Path(work_dir or Path(output_dir) / "train-work"), resume=resume)
+    trained = dataclasses.replace(loaded, notes=[
+        *loaded.notes, f"fine-tuned for {result.steps} steps ({result.precision})"])
+    after, _ = _held_out_quality(trained, trained, eval_data, None)
+    summary = {"spec": spec, "before": before, "after": after, "train": result.to_json(),
+               "data_check": checked.to_json() if checked else None}
+    lines = [f"# slimforge train: {spec}", "",
+             f"- {result.steps} steps in {result.seconds:.0f} s, {result.precision} "
+             f"({result.precision_reason})", "", "| held-out | before | after |", "|---|---|---|",
+             *(f"| {k} | {before[k]:.4g} | {after[k]:.4g} |" for k in after), ""]
+    run = write_run(output_dir, "train", spec, config.model_dump(), summary, "\n".join(lines),
+                    model=trained)
+    _table(f"slimforge train {spec}", ("held-out", "before", "after"),
+           [[k, f"{before[k]:.4g}", f"{after[k]:.4g}"] for k in after])
+    console.print(f"run folder: {run}")
+    _json_line({**summary, "run": str(run)})
+
+
+@app.command()
+@friendly
 def distill(
     teacher: str = typer.Argument(..., help=SPEC_HELP),
     student: str = typer.Option(None, help="a student model spec (default: the teacher's own "
@@ -244,11 +316,11 @@ def distill(
         kept = ([int(i) for i in keep_layers.split(",")] if keep_layers
                 else list(range(1, count, 2)))
         small = student_from_teacher(big, kept)
-    before, teacher_eval = _student_quality(small, big, eval_data, limit)
+    before, teacher_eval = _held_out_quality(small, big, eval_data, limit)
     folder = Path(work_dir or Path(output_dir) / "distill-work")
     trained, result = run_distill(small, big, texts, DistillConfig(max_length=max_length),
                                   config, folder, resume=resume)
-    after, _ = _student_quality(trained, big, eval_data, limit, teacher_eval)
+    after, _ = _held_out_quality(trained, big, eval_data, limit, teacher_eval)
     summary = {"teacher": teacher, "before": before, "after": after, "train": result.to_json(),
                "data_check": checked.to_json() if checked else None}
     lines = [f"# slimforge distill: {teacher}", "",
@@ -264,8 +336,8 @@ def distill(
     _json_line({**summary, "run": str(run)})
 
 
-def _student_quality(student, teacher, data, limit, teacher_eval=None):
-    """The student's held-out quality: cosine to the teacher (embedding) or perplexity."""
+def _held_out_quality(student, teacher, data, limit, teacher_eval=None):
+    """Held-out quality: cosine to the teacher's embeddings (embedding) or perplexity."""
     from slimforge.evaluation.evaluate import EvalConfig, evaluate
 
     config = EvalConfig(limit=limit, max_tokens=4096)

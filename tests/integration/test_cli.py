@@ -204,3 +204,28 @@ def test_distill_saves_a_smaller_student_that_reloads_and_resumes(tmp_path):
                      cwd=tmp_path)
     assert more.returncode == 0, more.stderr
     assert last_json(more.stdout)["train"]["resumed_from"] == 6
+
+
+def test_train_checks_the_data_then_fine_tunes_a_causal_lm(tmp_path):
+    from slimforge.data.sources import load_texts
+
+    texts = load_texts("builtin:stdlib-docs", "train", limit=30)
+    (tmp_path / "bad.jsonl").write_text("{oops\n" + "".join(json.dumps({"text": t}) + "\n"
+                                                             for t in texts))
+    refused = slimforge("train", "builtin:tiny-llama", "--data", "bad.jsonl", cwd=tmp_path)
+    assert refused.returncode != 0
+    assert "malformed: 1 of 31 rows" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    (tmp_path / "good.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    done = slimforge("train", "builtin:tiny-llama", "--data", "good.jsonl", "--steps", "4",
+                     "--batch-size", "2", "--max-length", "32", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    result = last_json(done.stdout)
+    assert result["train"]["steps"] == 4
+    assert result["data_check"]["passed"]
+    assert set(result["after"]) == {"perplexity"}
+    from slimforge.models.load import load_model
+
+    assert load_model(str(tmp_path / "runs" / result["run"].split("/")[-1])).task == "causal-lm"
+    embedding = slimforge("train", "builtin:tiny-bert", "--steps", "1", cwd=tmp_path)
+    assert "use slimforge distill" in embedding.stderr
