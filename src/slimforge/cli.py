@@ -26,16 +26,25 @@ console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 SPEC_HELP = ("builtin:minilm | builtin:smollm2 | builtin:tiny-bert | builtin:tiny-llama | "
-             "a run folder | a Hugging Face folder or hub id | a .gguf | module:pkg.mod:factory")
+             "builtin:digits-cnn | a run folder | a Hugging Face folder or hub id | a .gguf | "
+             "module:pkg.mod:factory")
 
 
 def friendly(fn: F) -> F:
     """Run a command; a SlimforgeError becomes one line on stderr and exit code 2."""
 
+    from pydantic import ValidationError
+
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except ValidationError as exc:  # an option out of range, caught by a config's schema
+            console.print(f"[bold red]error:[/] bad option: {validation_problems(exc)}",
+                          highlight=False, soft_wrap=True)
+            console.print(f"[bold]fix:[/] see slimforge {fn.__name__.removesuffix('_command')}"
+                          " --help.", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
         except SlimforgeError as exc:
             console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
             if exc.fix:
@@ -130,9 +139,18 @@ def evaluate(
     text_field: str = typer.Option(None, help="data files: the text column"),
     label_field: str = typer.Option(None, help="data files: the label column"),
     threads: int = typer.Option(None, help="intra-op threads"),
+    attack: str = typer.Option(None, help="classifier: fgsm | pgd, accuracy under attack too"),
+    eps: float = typer.Option(0.1, help="attack: L-inf radius"),
+    attack_steps: int = typer.Option(10, help="attack: PGD steps"),
+    input_min: float = typer.Option(None, help="attack: smallest valid input (images: 0)"),
+    input_max: float = typer.Option(None, help="attack: largest valid input (images: 1)"),
+    group_field: str = typer.Option(None, help="classifier: the sensitive-attribute column, "
+                                    "for per-group fairness"),
+    positive_label: int = typer.Option(None, help="fairness: the positive class (default 1)"),
     output_dir: str = typer.Option("runs", help="where the run folder goes"),
 ) -> None:
-    """Measure quality: fidelity (embedding), perplexity (causal LM), accuracy (classifier)."""
+    """Measure quality: fidelity (embedding), perplexity (causal LM), accuracy (classifier),
+    and for classifiers robustness under FGSM/PGD and fairness across groups."""
     from slimforge.evaluation.evaluate import EvalConfig
     from slimforge.evaluation.evaluate import evaluate as run_evaluate
     from slimforge.io.run import write_run
@@ -141,15 +159,31 @@ def evaluate(
 
     config = EvalConfig(**_options(
         limit=limit, max_tokens=max_tokens, window=window, stride=stride, batch_size=batch_size,
-        max_length=max_length, text_field=text_field, label_field=label_field, threads=threads))
+        max_length=max_length, text_field=text_field, label_field=label_field, threads=threads,
+        attack=_attack(attack, eps, attack_steps, input_min, input_max),
+        group_field=group_field, positive_label=positive_label))
     result = run_evaluate(load_model(spec, task=task), data, reference, config).to_json()
-    rows = [[k, f"{result[k]:.6g}"] for k in QUALITY_KEYS if k in result]
+    keys = (*QUALITY_KEYS, "robust_accuracy", "demographic_parity_difference",
+            "equalized_odds_difference")
+    rows = [[k, f"{result[k]:.6g}"] for k in keys if k in result]
     _table(f"slimforge evaluate {spec}", ("metric", "value"), rows)
     for note in result["notes"]:
         console.print(f"note: {note}")
     run = write_run(output_dir, "evaluate", spec, config.model_dump(), result, eval_report(result))
     console.print(f"run folder: {run}")
     _json_line(result)
+
+
+def _attack(method: str | None, eps: float, steps: int, low: float | None,
+            high: float | None) -> Any:
+    """An AttackConfig from CLI options, or None without a method."""
+    if method is None:
+        return None
+    from slimforge.trust.attacks import AttackConfig
+
+    if method not in ("fgsm", "pgd"):
+        raise SlimforgeError(f"Unknown attack {method!r}.", "use --attack fgsm or --attack pgd.")
+    return AttackConfig(method=method, eps=eps, steps=steps, low=low, high=high)
 
 
 @app.command()
@@ -193,18 +227,29 @@ def bench(
 @friendly
 def train(
     spec: str = typer.Argument(..., help=SPEC_HELP),
-    data: str = typer.Option("builtin:stdlib-docs", help="training texts (built-in corpus: "
-                             "its train split)"),
-    eval_data: str = typer.Option("builtin:stdlib-docs", help="held-out texts for the "
-                                  "before/after perplexity (built-in corpus: its eval split)"),
+    data: str = typer.Option("builtin:stdlib-docs", help="training data: texts for a causal "
+                             "LM, labelled records for a classifier (built-ins: their train "
+                             "split; builtin:digits for images)"),
+    eval_data: str = typer.Option(None, help="held-out data for the before/after quality "
+                                  "(default: the built-in corpus's eval split for a causal LM, "
+                                  "DATA's eval split for a classifier)"),
     text_field: str = typer.Option("text", help="data files: the text column"),
+    label_field: str = typer.Option("label", help="classifier data: the label column"),
     steps: int = typer.Option(100, help="optimizer steps"),
-    batch_size: int = typer.Option(8, help="token windows per micro-batch"),
+    batch_size: int = typer.Option(8, help="token windows or records per micro-batch"),
     accumulation: int = typer.Option(1, help="micro-batches per step"),
     lr: float = typer.Option(5e-5, help="peak learning rate (AdamW, warmup then cosine)"),
     warmup_steps: int = typer.Option(10, help="linear warmup steps"),
     precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16 (GPU)"),
-    max_length: int = typer.Option(256, help="tokens per training window"),
+    max_length: int = typer.Option(256, help="tokens per training window or text"),
+    privacy_epsilon: float = typer.Option(None, help="DP-SGD: the epsilon the run may spend"),
+    privacy_delta: float = typer.Option(1e-5, help="DP-SGD: delta"),
+    max_grad_norm: float = typer.Option(1.0, help="DP-SGD: per-example clipping bound"),
+    adversarial: str = typer.Option(None, help="classifier: fgsm | pgd adversarial training"),
+    eps: float = typer.Option(0.1, help="adversarial: L-inf radius"),
+    attack_steps: int = typer.Option(10, help="adversarial: PGD steps"),
+    input_min: float = typer.Option(None, help="adversarial: smallest valid input (images: 0)"),
+    input_max: float = typer.Option(None, help="adversarial: largest valid input (images: 1)"),
     work_dir: str = typer.Option(None, help="checkpoints and metrics.jsonl (default: "
                                  "OUTPUT_DIR/train-work)"),
     resume: bool = typer.Option(False, help="continue from the work dir's last checkpoint"),
@@ -212,53 +257,100 @@ def train(
                                  "hard rules"),
     output_dir: str = typer.Option("runs", help="where the run folder goes"),
 ) -> None:
-    """Fine-tune a causal LM on text (next-token loss); the data is checked first, the run
-    is resumable, and the model is saved as a run folder with perplexity before and after."""
+    """Fine-tune a causal LM on text (next-token loss) or train a classifier on labelled
+    records (cross-entropy), optionally with DP-SGD or adversarial training; the data is
+    checked first, the run is resumable, and the model is saved as a run folder with its
+    held-out quality before and after."""
     import dataclasses
     from pathlib import Path
 
     from slimforge.data.gate import DataRules, gate
-    from slimforge.data.sources import load_texts
-    from slimforge.errors import SlimforgeError
     from slimforge.io.run import write_run
     from slimforge.models.load import load_model
     from slimforge.train.config import TrainConfig
-    from slimforge.train.distill import token_windows
     from slimforge.train.engine import fit
-    from slimforge.train.objectives import NextToken
+    from slimforge.trust.privacy import PrivacyConfig
 
+    privacy = (PrivacyConfig(target_epsilon=privacy_epsilon, delta=privacy_delta,
+                             max_grad_norm=max_grad_norm) if privacy_epsilon else None)
     config = TrainConfig(max_steps=steps, batch_size=batch_size, accumulation=accumulation,
                          lr=lr, warmup_steps=min(warmup_steps, steps - 1),
-                         precision=precision, checkpoint_every=max(1, min(50, steps)))
+                         precision=precision, checkpoint_every=max(1, min(50, steps)),
+                         privacy=privacy,
+                         adversarial=_attack(adversarial, eps, attack_steps, input_min,
+                                             input_max))
     checked = gate(data, "training", DataRules(proceed=proceed), output_dir, text_field)
     loaded = load_model(spec)
-    if loaded.task != "causal-lm":
-        raise SlimforgeError(f"slimforge train fine-tunes causal LMs; {spec} is a "
-                             f"{loaded.task} model.",
-                             "use slimforge distill to train a smaller embedding model.")
-    windows = token_windows(loaded, load_texts(data, "train", text_field=text_field),
-                            max_length)
-    if not windows:
-        raise SlimforgeError(f"{data} holds fewer than {max_length} tokens.",
-                             "use more text, or a smaller --max-length.")
-    before, _ = _held_out_quality(loaded, loaded, eval_data, None)
-    result = fit(loaded.model, windows, NextToken(loaded.device), config,
+    examples, objective, quality = _training_task(loaded, data, eval_data, text_field,
+                                                  label_field, max_length, config)
+    before = quality(loaded)
+    result = fit(loaded.model, examples, objective, config,
                  Path(work_dir or Path(output_dir) / "train-work"), resume=resume)
+    how = ", DP-SGD" if privacy else (f", {adversarial.upper()} adversarial" if adversarial
+                                      else "")
     trained = dataclasses.replace(loaded, notes=[
-        *loaded.notes, f"fine-tuned for {result.steps} steps ({result.precision})"])
-    after, _ = _held_out_quality(trained, trained, eval_data, None)
+        *loaded.notes, f"trained for {result.steps} steps ({result.precision}{how})"])
+    after = quality(trained)
     summary = {"spec": spec, "before": before, "after": after, "train": result.to_json(),
                "data_check": checked.to_json() if checked else None}
     lines = [f"# slimforge train: {spec}", "",
              f"- {result.steps} steps in {result.seconds:.0f} s, {result.precision} "
-             f"({result.precision_reason})", "", "| held-out | before | after |", "|---|---|---|",
+             f"({result.precision_reason})", *_privacy_lines(result.privacy), "",
+             "| held-out | before | after |", "|---|---|---|",
              *(f"| {k} | {before[k]:.4g} | {after[k]:.4g} |" for k in after), ""]
     run = write_run(output_dir, "train", spec, config.model_dump(), summary, "\n".join(lines),
                     model=trained)
     _table(f"slimforge train {spec}", ("held-out", "before", "after"),
            [[k, f"{before[k]:.4g}", f"{after[k]:.4g}"] for k in after])
+    for line in _privacy_lines(result.privacy):
+        console.print(line.removeprefix("- "))
     console.print(f"run folder: {run}")
     _json_line({**summary, "run": str(run)})
+
+
+def _privacy_lines(privacy: dict[str, Any] | None) -> list[str]:
+    if not privacy:
+        return []
+    return [f"- DP-SGD: spent epsilon {privacy['epsilon']:.3f} at delta {privacy['delta']:g} "
+            f"(target {privacy['target_epsilon']:g}; noise multiplier "
+            f"{privacy['noise_multiplier']:.3f}, sample rate {privacy['sample_rate']:.4f}, "
+            f"clipping {privacy['max_grad_norm']:g}, {privacy['accountant']} accountant)"]
+
+
+def _training_task(loaded: Any, data: str, eval_data: str | None, text_field: str,
+                   label_field: str, max_length: int, config: Any) -> tuple[Any, Any, Any]:
+    """The examples, the objective and a model -> held-out figures function for a task."""
+    from slimforge.data.sources import STDLIB_DOCS, load_records, load_texts
+    from slimforge.train.distill import token_windows
+    from slimforge.train.objectives import Classify, NextToken
+
+    if loaded.task == "causal-lm":
+        windows = token_windows(loaded, load_texts(data, "train", text_field=text_field),
+                                max_length)
+        if not windows:
+            raise SlimforgeError(f"{data} holds fewer than {max_length} tokens.",
+                                 "use more text, or a smaller --max-length.")
+        held_out = eval_data or STDLIB_DOCS
+        return (windows, NextToken(loaded.device),
+                lambda model: _held_out_quality(model, model, held_out, None)[0])
+    if loaded.task != "classification":
+        raise SlimforgeError(f"slimforge train trains causal LMs and classifiers; "
+                             f"{loaded.spec} is a {loaded.task} model.",
+                             "use slimforge distill to train a smaller embedding model.")
+    from slimforge.evaluation.evaluate import EvalConfig, evaluate
+
+    records = load_records(data, split="train")
+    objective = Classify(loaded.device, loaded.tokenizer, text_field, label_field=label_field,
+                         max_length=max_length)
+    settings = EvalConfig(limit=None, text_field=text_field, label_field=label_field,
+                          max_length=max_length, attack=config.adversarial)
+
+    def quality(model: Any) -> dict[str, float]:
+        figures = evaluate(model, eval_data or data, config=settings).metrics
+        return {k: v for k, v in figures.items() if k in ("accuracy", "macro_f1",
+                                                           "robust_accuracy")}
+
+    return records, objective, quality
 
 
 @app.command()
@@ -399,6 +491,8 @@ def serve(
                                       "core on a CPU, up to 8)"),
     threads: int = typer.Option(None, help="intra-op threads per batch worker (default: the "
                                 "cores shared out)"),
+    verify_key: str = typer.Option(None, help="an Ed25519 public key (PEM): serve the "
+                                   "artifact only if its signature verifies"),
 ) -> None:
     """Serve a model over HTTP: OpenAI-compatible endpoints, dynamic batching, /metrics.
 
@@ -435,7 +529,8 @@ def serve(
             from None
     console.print(f"serving {spec} on http://{host}:{port} "
                   f"({'API keys required' if keys else 'no authentication'})")
-    run_server(spec, config, host=host, port=port, task=task, threads=threads)
+    run_server(spec, config, host=host, port=port, task=task, threads=threads,
+               verify_key=verify_key)
 
 
 @app.command()
@@ -483,6 +578,50 @@ def loadtest(
            [[k, f"{v:.4g}" if isinstance(v, float) else str(v)]
             for k, v in result.to_json().items() if v is not None])
     _json_line(result.to_json())
+
+
+@app.command()
+@friendly
+def export(
+    run: str = typer.Argument(..., help="a run folder holding a model"),
+    out: str = typer.Option(..., "--out", "-o", help="the protected copy's folder"),
+    encrypt: bool = typer.Option(False, help="seal the weights with AES-256-GCM (key from "
+                                 "--key-file, SLIMFORGE_KEY or SLIMFORGE_KEY_FILE)"),
+    key_file: str = typer.Option(None, help="the data key file (`slimforge keys` writes one)"),
+    sign: str = typer.Option(None, help="an Ed25519 private key (PEM): sign the manifest"),
+) -> None:
+    """Copy a run folder with its weights encrypted at rest and/or its manifest signed.
+
+    Loading an encrypted copy needs the same key (SLIMFORGE_KEY or SLIMFORGE_KEY_FILE);
+    `serve --verify-key` / SLIMFORGE_VERIFY_KEY make a valid signature required."""
+    from pathlib import Path
+
+    from slimforge.trust.protect import protect_run, read_data_key
+
+    if not encrypt and sign is None:
+        raise SlimforgeError("Nothing to do: neither --encrypt nor --sign was given.",
+                             "add --encrypt (with a key) and/or --sign KEY.")
+    key = read_data_key(key_file) if encrypt else None
+    target = protect_run(Path(run), Path(out), key=key, signing_key=sign)
+    done = [*(["weights encrypted (AES-256-GCM)"] if encrypt else []),
+            *(["manifest signed (Ed25519)"] if sign else [])]
+    console.print(f"{target}: {', '.join(done)}")
+    _json_line({"run": run, "out": str(target), "encrypted": encrypt, "signed": bool(sign)})
+
+
+@app.command()
+@friendly
+def keys(
+    folder: str = typer.Argument(..., help="where to write the keys (must not hold any)"),
+) -> None:
+    """Create a data key (data.key, for --encrypt) and an Ed25519 signing pair (signing.key,
+    signing.pub) in FOLDER; the secrets get mode 0600."""
+    from slimforge.trust.protect import new_keys
+
+    written = new_keys(folder)
+    for name, path in written.items():
+        console.print(f"{name}: {path}")
+    _json_line({name: str(path) for name, path in written.items()})
 
 
 @app.command("profile")

@@ -1,7 +1,9 @@
 """Text and records from a data spec, read streaming, with clear errors.
 
 Owns: `builtin:stdlib-docs` (English paragraphs from the Python standard library's
-docstrings, built at run time with no network), and local `.jsonl`, `.csv`, `.parquet` and
+docstrings, built at run time with no network), `builtin:digits` (scikit-learn's bundled
+handwritten digits: 1,797 labelled 8x8 images, scaled to [0, 1], split 80/20 by a seeded
+stratified draw), and local `.jsonl`, `.csv`, `.parquet` and
 `.txt` files. The corpus is built in a clean interpreter (`python -I`) from a fixed module
 list, because what a process has imported changes which docstrings exist; its sha256 is
 recorded so two runs can prove they saw the same text. Paragraphs go to the `train`
@@ -30,6 +32,7 @@ from slimforge.errors import DataError
 
 Split = Literal["train", "eval", "all"]
 STDLIB_DOCS = "builtin:stdlib-docs"
+DIGITS = "builtin:digits"
 EVAL_PERCENT = 20  # share of paragraphs held out for evaluation
 
 # A fixed list, so the corpus does not depend on what the caller imported. Modules missing from
@@ -133,12 +136,39 @@ def stdlib_corpus() -> Corpus:
     return Corpus(paragraphs, tuple(built["modules"]), digest, version)
 
 
+@functools.lru_cache(maxsize=1)
+def _digits() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    images = (bunch.images / 16.0).astype("float32")
+    train_ids, eval_ids = train_test_split(range(len(images)), test_size=0.2, random_state=0,
+                                           stratify=bunch.target)
+
+    def records(ids: list[int]) -> list[dict[str, Any]]:
+        return [{"features": images[i][None].tolist(), "label": int(bunch.target[i])}
+                for i in ids]
+
+    return records(train_ids), records(eval_ids)
+
+
+def digits_records(split: Split = "eval") -> list[dict[str, Any]]:
+    """`builtin:digits`: records `{"features": 1x8x8 pixels in [0, 1], "label": 0..9}`;
+    `train` holds 1,437 images, `eval` 360, `all` both."""
+    train, held_out = _digits()
+    return {"train": train, "eval": held_out, "all": train + held_out}[split]
+
+
 def describe(spec: str) -> dict[str, Any]:
     """Provenance of a data spec for manifests: the corpus hash, or the file's path and size."""
     if spec == STDLIB_DOCS:
         corpus = stdlib_corpus()
         return {"spec": spec, "sha256": corpus.sha256, "python": corpus.python,
                 "paragraphs": len(corpus.paragraphs)}
+    if spec == DIGITS:
+        return {"spec": spec, "source": "sklearn.datasets.load_digits", "images": 1797,
+                "split": "80/20 stratified, random_state=0"}
     path = Path(spec)
     return {"spec": spec, "bytes": path.stat().st_size if path.is_file() else None}
 
@@ -159,8 +189,10 @@ def iter_records(spec: str) -> Iterator[dict[str, Any]]:
         yield value
 
 
-def load_records(spec: str, limit: int | None = None) -> list[dict[str, Any]]:
-    """Up to `limit` records of a local file, read streaming.
+def load_records(spec: str, limit: int | None = None, split: Split = "eval"
+                 ) -> list[dict[str, Any]]:
+    """Up to `limit` records of a local file, read streaming, or of `builtin:digits` (its
+    `split`; local files are taken whole).
 
     Raises:
         DataError: the file is missing, malformed or empty.
@@ -168,6 +200,8 @@ def load_records(spec: str, limit: int | None = None) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
     if limit is not None and limit <= 0:
         return records
+    if spec == DIGITS:
+        return digits_records(split)[:limit]
     for record in iter_records(spec):
         records.append(record)
         if len(records) == limit:

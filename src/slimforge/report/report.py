@@ -173,10 +173,41 @@ def bench_report(result: dict[str, Any]) -> str:
 
 def eval_report(result: dict[str, Any]) -> str:
     """The Markdown report of an `evaluate` run (result as from `EvalResult.to_json()`)."""
-    rows = [[k, f"{result[k]:.6g}"] for k in (*QUALITY_KEYS, "tokens") if k in result]
+    keys = (*QUALITY_KEYS, "robust_accuracy", "demographic_parity_difference",
+            "equalized_odds_difference", "tokens")
+    rows = [[k, f"{result[k]:.6g}"] for k in keys if k in result]
     return "\n".join([f"# slimforge evaluate: {result['spec']}", "",
                       f"- Task: {result['task']}, samples: {result['samples']}, "
                       f"reference: {result['reference'] or '—'}",
                       _date_line(), f"- Data: {result['data']['spec']}", "",
                       _table(("metric", "value"), rows), "",
-                      *[f"- {note}" for note in result["notes"]], ""])
+                      *[f"- {note}" for note in result["notes"]], "",
+                      *_fairness_lines(result)])
+
+
+def _fairness_lines(result: dict[str, Any]) -> list[str]:
+    """Per-group figures, and their change against the reference when there is one."""
+    if "fairness" not in result:
+        return []
+    fairness, deltas = result["fairness"], result.get("fairness_deltas")
+    header = ("group", "examples", "accuracy", "selection rate", "TPR", "FPR",
+              *(("accuracy vs reference", "selection vs reference") if deltas else ()))
+    rows = []
+    for group, row in fairness["groups"].items():
+        change = (deltas or {}).get("groups", {}).get(group)
+        rows.append([group, f"{row['count']:.0f}", f"{row['accuracy']:.4f}",
+                     f"{row['selection_rate']:.4f}", f"{row['true_positive_rate']:.4f}",
+                     f"{row['false_positive_rate']:.4f}",
+                     *((f"{change['accuracy']:+.4f}", f"{change['selection_rate']:+.4f}")
+                       if change else ([] if not deltas else ["—", "—"]))])
+    lines = ["## Fairness across groups", "",
+             f"Positive class {fairness['positive']}; demographic-parity difference "
+             f"{fairness['demographic_parity_difference']:.4f}, equalized-odds difference "
+             f"{fairness['equalized_odds_difference']:.4f}, accuracy gap "
+             f"{fairness['accuracy_gap']:.4f}.", "", _table(header, rows), ""]
+    if deltas:
+        lines += [f"Against {result['reference']}: demographic-parity difference "
+                  f"{deltas['demographic_parity_difference']:+.4f}, equalized-odds difference "
+                  f"{deltas['equalized_odds_difference']:+.4f}, accuracy gap "
+                  f"{deltas['accuracy_gap']:+.4f}.", ""]
+    return lines

@@ -52,10 +52,12 @@ def plan_workers(task: str, device: str, cores: int, workers: int | None,
 
 
 def serve(spec: str, config: ServeConfig, host: str = "127.0.0.1", port: int = 8000,
-          task: str | None = None, threads: int | None = None) -> None:
+          task: str | None = None, threads: int | None = None,
+          verify_key: str | None = None) -> None:
     """Load `spec` and serve it until SIGTERM/SIGINT, then drain and exit.
 
-    `config.batch.workers` and `threads` left None are planned by `plan_workers`.
+    `config.batch.workers` and `threads` left None are planned by `plan_workers`;
+    `verify_key` (an Ed25519 public key) makes a valid signature on the artifact required.
     """
     import torch
     import uvicorn
@@ -65,7 +67,7 @@ def serve(spec: str, config: ServeConfig, host: str = "127.0.0.1", port: int = 8
     from slimforge.serve.app import create_app
 
     runtime = setup_runtime(threads=threads)
-    loaded = load_model(spec, task=task)
+    loaded = load_model(spec, task=task, verify_key=verify_key)
     workers, per_worker = plan_workers(loaded.task, loaded.device.type, runtime.threads,
                                        config.batch.workers, threads)
     torch.set_num_threads(per_worker)

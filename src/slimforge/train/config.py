@@ -13,6 +13,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from slimforge.trust.attacks import AttackConfig
+from slimforge.trust.privacy import PrivacyConfig
+
 
 class TrainConfig(BaseModel):
     """Everything `fit` needs to know besides the model, the data and the loss."""
@@ -53,11 +56,31 @@ class TrainConfig(BaseModel):
     seed: int = 0
     scale_lr_from_batch: int | None = Field(None, ge=1)
     """Linear scaling rule, opt-in: lr x (global batch / this)."""
+    privacy: PrivacyConfig | None = None
+    """DP-SGD (`trust/privacy.py`): per-example clipping, noise, Poisson-sampled batches of
+    `batch_size` examples on average, and the epsilon spent in the result."""
+    adversarial: AttackConfig | None = None
+    """Adversarial training (`trust/attacks.py`): train on each batch's FGSM/PGD points;
+    the objective must expose `surface` (`Classify` does)."""
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> TrainConfig:
         if self.warmup_steps >= self.max_steps:
             raise ValueError("warmup_steps must be fewer than max_steps")
+        return self
+
+    @model_validator(mode="after")
+    def _privacy_fits(self) -> TrainConfig:
+        if self.privacy is None:
+            return self
+        if self.accumulation > 1:
+            raise ValueError("privacy (DP-SGD) draws one Poisson batch per step: set "
+                             "accumulation to 1 and choose the expected batch with batch_size")
+        if self.precision not in ("auto", "fp32"):
+            raise ValueError("privacy (DP-SGD) trains in fp32: set precision to auto or fp32")
+        if self.adversarial is not None:
+            raise ValueError("privacy and adversarial training together are not supported: "
+                             "the attack's gradients would enter the per-example gradients")
         return self
 
 

@@ -24,6 +24,9 @@ Owns: `Objective`, `TrainResult`, `fit`, `precision_for`. The loop:
   DistributedDataParallel, each process takes its share of every global batch, and only
   rank 0 writes.
 - `metrics.jsonl` in the run folder: one line per step and per evaluation.
+- `config.privacy`: DP-SGD through Opacus (`trust/privacy.py`): Poisson-sampled batches,
+  per-example clipping and noise; the epsilon spent is in the result. `config.adversarial`:
+  the objective is wrapped to train on attacked inputs (`trust/attacks.py`).
 """
 
 from __future__ import annotations
@@ -70,6 +73,8 @@ class TrainResult:
     precision_reason: str
     resumed_from: int | None
     run_dir: str
+    privacy: dict[str, Any] | None = None
+    """DP-SGD runs: epsilon spent, delta, noise multiplier, sample rate, clipping bound."""
 
     def to_json(self) -> dict[str, Any]:
         """The result as a plain dict."""
@@ -84,6 +89,8 @@ def precision_for(config: TrainConfig, device: torch.device) -> tuple[str, str]:
                             "use precision: bf16 or fp32 on a CPU.")
     if config.precision != "auto":
         return config.precision, "as configured"
+    if config.privacy is not None:
+        return "fp32", "DP-SGD clips per-example gradients, computed in fp32"
     if cuda:
         if torch.cuda.is_bf16_supported():
             return "bf16", "the GPU computes in bf16 natively (no loss scaling needed)"
@@ -181,16 +188,31 @@ class _Run:
         lr = config.lr * (global_batch / config.scale_lr_from_batch
                           if config.scale_lr_from_batch else 1)
         self.optimizer = _optimizer(model, config, lr)
-        self.schedule = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor(config, step))
         self.scaler = torch.amp.GradScaler(self.device_type, enabled=self.precision == "fp16")
         self.wrapped = model
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
             self.wrapped = DistributedDataParallel(model)
+        self.private = self._private() if config.privacy is not None else None
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(config, step))
+        if config.adversarial is not None:
+            self.objective = _adversarial(objective, config)
         self.step, self.best, self.best_step, self.bad = 0, None, None, 0
         self.stream = _Stream(len(examples), config.seed, 0)
+
+    def _private(self) -> Any:
+        from slimforge.trust.privacy import PrivateTraining
+
+        if self.world > 1:
+            raise TrainingError("DP-SGD runs in one process here.",
+                                "run without torchrun, or train without privacy.")
+        private = PrivateTraining(self.model, self.optimizer, self.config.privacy,
+                                  len(self.examples), self.config.batch_size,
+                                  self.config.max_steps, self.config.seed)
+        self.optimizer, self.wrapped = private.optimizer, private.module
+        return private
 
     def parts(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer, "schedule": self.schedule, "scaler": self.scaler,
@@ -212,11 +234,48 @@ class _Run:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         return torch.autocast(self.device_type, dtype=dtype, enabled=dtype is not None)
 
+    def _check(self, value: float) -> None:
+        if not math.isfinite(value):
+            raise TrainingError(
+                f"The loss is {value} at step {self.step + 1}; the run stopped "
+                f"and the last good checkpoint ({self.run_dir / 'last'}) is intact.",
+                "lower lr, enable clip_norm, use fp32/bf16 instead of fp16, or look for "
+                "broken examples (`slimforge data check`).")
+
+    def _update(self) -> None:
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.schedule.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+
+    def private_step(self) -> tuple[float, float]:
+        """One DP-SGD step on a Poisson-sampled batch: each example's gradient of its own
+        loss, clipped, summed and noised by the DP optimizer; returns the mean loss (nan for
+        an empty batch) and nan for the norm (a non-private norm would leak)."""
+        from slimforge.trust.privacy import quiet
+
+        picked = [self.examples[i] for i in self.private.batch(self.step)]
+        value = math.nan
+        if picked:
+            loss = self.objective.loss(self.wrapped, picked)
+            value = float(loss.detach())
+            self._check(value)
+            with quiet():
+                loss.backward()
+            value /= self.objective.units(picked)
+        else:
+            self.private.empty_step()
+        self._update()
+        return value, math.nan
+
     def one_step(self) -> tuple[float, float]:
         """Forward and backward over the step's micro-batches, then the update; returns the
         step's mean loss per unit and the gradient norm before clipping."""
         from contextlib import nullcontext
 
+        if self.private is not None:
+            return self.private_step()
         micro = list(_micro_batches(self.stream, self.examples, self.config))
         total = _sum_across(float(sum(self.objective.units(m) for m in micro)))
         if total == 0:
@@ -230,23 +289,14 @@ class _Run:
                 with self.autocast():
                     loss = self.objective.loss(self.wrapped, examples)
                 value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise TrainingError(
-                        f"The loss is {value} at step {self.step + 1}; the run stopped "
-                        f"and the last good checkpoint ({self.run_dir / 'last'}) is intact.",
-                        "lower lr, enable clip_norm, use fp32/bf16 instead of fp16, or look for "
-                        "broken examples (`slimforge data check`).")
+                self._check(value)
                 self.scaler.scale(loss * (self.world / total)).backward()
             summed += value
         self.scaler.unscale_(self.optimizer)
         params = [p for p in self.model.parameters() if p.grad is not None]
         norm = float(torch.nn.utils.clip_grad_norm_(
             params, self.config.clip_norm if self.config.clip_norm else math.inf))
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.schedule.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
+        self._update()
         return _sum_across(summed) / total, norm
 
 
@@ -271,8 +321,6 @@ def fit(model: nn.Module, examples: Sequence[Any], objective: Objective, config:
     """
     if len(examples) == 0:
         raise TrainingError("There are no training examples.", "point at non-empty data.")
-    from slimforge.progress import track
-
     run_dir = Path(run_dir)
     run = _Run(model, examples, objective, config, run_dir)
     resumed = run.resume() if resume else None
@@ -280,8 +328,28 @@ def fit(model: nn.Module, examples: Sequence[Any], objective: Objective, config:
     if writer:
         run_dir.mkdir(parents=True, exist_ok=True)
     log = _Log(run_dir / "metrics.jsonl", resumed or 0, writer)  # a fresh start: a fresh log
-    started, loss, stopped = time.perf_counter(), math.nan, False
-    model.train()
+    started = time.perf_counter()
+    try:
+        loss, stopped = _loop(run, evaluate, log, writer)
+    finally:
+        if run.private is not None:
+            run.private.close()  # the model leaves without Opacus' hooks, even on an error
+    if evaluate is not None and run.best_step is not None and (run_dir / "best").is_dir():
+        load_weights(run_dir / "best", model)
+    model.eval()
+    privacy = run.private.spent(run.step) if run.private is not None else None
+    return TrainResult(run.step, time.perf_counter() - started, loss, run.best, run.best_step,
+                       stopped, run.precision, run.reason, resumed, str(run_dir), privacy)
+
+
+def _loop(run: _Run, evaluate: Callable[[nn.Module], float] | None, log: _Log,
+          writer: bool) -> tuple[float, bool]:
+    """The steps from where the run stands to the end or an early stop; returns the last
+    loss and whether it stopped early."""
+    from slimforge.progress import track
+
+    config, loss, stopped = run.config, math.nan, False
+    run.model.train()
     for _ in track(range(run.step, config.max_steps), "training"):
         tick = time.perf_counter()
         loss, norm = run.one_step()
@@ -292,16 +360,22 @@ def fit(model: nn.Module, examples: Sequence[Any], objective: Objective, config:
                                      and run.step % config.eval_every == 0):
             stopped = _evaluate(run, evaluate, log, writer)
         if writer and (final or stopped or run.step % config.checkpoint_every == 0):
-            save_state(run_dir / "last", model, run.parts(),
+            save_state(run.run_dir / "last", run.model, run.parts(),
                        {"step": run.step, "precision": run.precision})
         _barrier()
         if stopped:
             break
-    if evaluate is not None and run.best_step is not None and (run_dir / "best").is_dir():
-        load_weights(run_dir / "best", model)
-    model.eval()
-    return TrainResult(run.step, time.perf_counter() - started, loss, run.best, run.best_step,
-                       stopped, run.precision, run.reason, resumed, str(run_dir))
+    return loss, stopped
+
+
+def _adversarial(objective: Objective, config: TrainConfig) -> Objective:
+    from slimforge.trust.attacks import Adversarial
+
+    if not hasattr(objective, "surface"):
+        raise TrainingError(f"Adversarial training needs an objective with inputs to attack; "
+                            f"{type(objective).__name__} has none.",
+                            "use it with classification (the Classify objective).")
+    return Adversarial(objective, config.adversarial)
 
 
 def _evaluate(run: _Run, evaluate: Callable[[nn.Module], float], log: _Log,

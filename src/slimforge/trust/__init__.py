@@ -1,0 +1,2 @@
+"""Trustworthy models: adversarial attacks and training, differential privacy, fairness, and
+protected (encrypted, signed) artifacts."""
