@@ -92,3 +92,46 @@ def test_perplexity_equals_transformers_own_loss_on_one_window(tiny_llama):
     with torch.inference_mode():
         loss = tiny_llama.model(input_ids=ids, labels=ids).loss
     assert result.metrics["perplexity"] == pytest.approx(float(torch.exp(loss)), rel=1e-4)
+
+
+def test_classification_fairness_by_group_and_against_a_reference(tmp_path):
+    loaded = load_model("module:slimforge.models.tiny:TinyMLP")
+    torch.manual_seed(0)
+    features = torch.randn(40, 16)
+    labels = loaded.model(features).argmax(-1)
+    labels[:10] = (labels[:10] + 1) % 4  # the 10 errors all fall in group "a"
+    groups = ["a"] * 20 + ["b"] * 20
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(json.dumps({"features": f.tolist(), "label": int(y), "g": g})
+                              for f, y, g in zip(features, labels, groups, strict=True)))
+    config = SMALL.model_copy(update={"limit": None, "group_field": "g"})
+    result = evaluate(loaded, str(path), loaded, config).to_json()  # itself as the reference
+    assert result["fairness"]["groups"]["a"]["accuracy"] == pytest.approx(0.5)
+    assert result["fairness"]["groups"]["b"]["accuracy"] == pytest.approx(1.0)
+    assert result["fairness"]["accuracy_gap"] == pytest.approx(0.5)
+    assert "demographic_parity_difference" in result
+    assert result["fairness_deltas"]["groups"]["a"]["accuracy"] == 0  # same model, no change
+    other = load_model("module:slimforge.models.tiny:TinyMLP")  # other random weights
+    against = evaluate(loaded, str(path), other, config).to_json()
+    assert against["fairness_deltas"]["groups"]["b"]["accuracy"] == pytest.approx(
+        1.0 - against["fairness_reference"]["groups"]["b"]["accuracy"])
+    from slimforge.report.report import eval_report
+
+    assert "## Fairness across groups" in eval_report(result)
+
+
+def test_classification_robust_accuracy_is_reported(tmp_path):
+    from slimforge.trust.attacks import AttackConfig
+
+    loaded = load_model("module:slimforge.models.tiny:TinyMLP")
+    torch.manual_seed(0)
+    features = torch.randn(40, 16)
+    labels = loaded.model(features).argmax(-1)
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(json.dumps({"features": f.tolist(), "label": int(y)})
+                              for f, y in zip(features, labels, strict=True)))
+    config = SMALL.model_copy(update={"limit": None, "attack": AttackConfig(eps=0.5, steps=5)})
+    result = evaluate(loaded, str(path), config=config).to_json()
+    assert result["accuracy"] == 1.0
+    assert result["robust_accuracy"] < 1.0
+    assert result["attack"]["eps"] == 0.5
