@@ -263,10 +263,19 @@ class _Run:
             self._check(value)
             with quiet():
                 loss.backward()
+            self.private.check_gradients(self.model)
             value /= self.objective.units(picked)
         else:
             self.private.empty_step()
-        self._update()
+        try:
+            self._update()
+        except (RuntimeError, ValueError) as exc:  # Opacus meets a layer it cannot handle
+            raise TrainingError(
+                "DP-SGD could not compute per-example gradients for this model "
+                f"({str(exc).splitlines()[0]}).",
+                "DP-SGD here is tested on plain PyTorch layers (Conv, Linear, LayerNorm, "
+                "Embedding); freeze the layers Opacus cannot handle, or train without "
+                "privacy.") from None
         return value, math.nan
 
     def one_step(self) -> tuple[float, float]:

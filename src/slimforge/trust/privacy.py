@@ -11,7 +11,10 @@ computes the per-example gradients (`GradSampleModule`) and does the clipping an
 (`DPOptimizer`); slimforge draws the batches, so a resumed run draws the same ones.
 Limits, each refused with a clear message: one process (no DDP), no gradient
 accumulation, fp32 (per-example gradients in low precision lose the clipping's meaning),
-and layers Opacus supports (BatchNorm mixes examples: replace it with GroupNorm).
+and layers Opacus supports (BatchNorm mixes examples: replace it with GroupNorm). Every
+trainable parameter must get a per-example gradient (freeze what the loss never uses).
+Hugging Face transformers are not supported yet: Opacus' per-example gradients fail on a
+BERT student here (a clear `TrainingError`, tested), so DP runs on plain PyTorch modules.
 """
 
 from __future__ import annotations
@@ -108,6 +111,21 @@ class PrivateTraining:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
         chosen = torch.rand(self.dataset_size, generator=generator) < self.sample_rate
         return chosen.nonzero().flatten().tolist()
+
+    def check_gradients(self, model: nn.Module) -> None:
+        """Refuse a step in which a trainable parameter got no per-example gradient (a
+        layer the loss never uses, such as BERT's pooler under an embedding loss): Opacus
+        cannot noise it consistently."""
+        missing = [name for name, p in model.named_parameters()
+                   if p.requires_grad and getattr(p, "grad_sample", None) is None]
+        if missing:
+            shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more"
+                                              if len(missing) > 4 else "")
+            raise TrainingError(
+                f"DP-SGD got no per-example gradient for {shown}: the loss does not use "
+                "them, or Opacus cannot compute them for that layer.",
+                "freeze those parameters (requires_grad=False) before training with privacy, "
+                "or train without privacy.")
 
     def empty_step(self) -> None:
         """Mark an empty batch: the optimizer step still adds its noise, as the accounting

@@ -107,6 +107,40 @@ def test_batchnorm_is_refused_with_the_fix(tmp_path):
     assert "GroupNorm" in info.value.fix
 
 
+def test_a_parameter_the_loss_never_uses_is_named(tmp_path):
+    class Unused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used, self.pooler = nn.Linear(2, 2), nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.used(x)
+
+    class Loss:
+        def units(self, examples):
+            return len(examples)
+
+        def loss(self, model, examples):
+            return model(torch.ones(len(examples), 2)).sum()
+
+    config = TrainConfig(max_steps=2, batch_size=8, privacy=PrivacyConfig(target_epsilon=8))
+    with pytest.raises(TrainingError, match="pooler.weight") as info:
+        fit(Unused(), list(range(100)), Loss(), config, tmp_path)
+    assert "requires_grad=False" in info.value.fix
+
+
+def test_a_transformer_opacus_cannot_handle_gets_a_clear_error(tmp_path, tiny_bert):
+    from slimforge.train.distill import DistillConfig, distill, student_from_teacher
+
+    student = student_from_teacher(tiny_bert, [0])
+    for param in student.model.pooler.parameters():
+        param.requires_grad_(False)
+    texts = [f"text number {i} about things" for i in range(200)]
+    config = TrainConfig(max_steps=2, batch_size=16, privacy=PrivacyConfig(target_epsilon=8))
+    with pytest.raises(TrainingError, match="per-example gradients"):
+        distill(student, tiny_bert, texts, DistillConfig(max_length=32), config, tmp_path)
+
+
 def test_batch_as_large_as_the_data_is_refused(tmp_path):
     config = TrainConfig(max_steps=2, batch_size=64, privacy=PrivacyConfig(target_epsilon=8))
     with pytest.raises(TrainingError, match="no privacy"):
