@@ -340,6 +340,9 @@ def _training_task(loaded: Any, data: str, eval_data: str | None, text_field: st
     from slimforge.evaluation.evaluate import EvalConfig, evaluate
 
     records = load_records(data, split="train")
+    if eval_data is None and not data.startswith("builtin:"):
+        console.print(f"note: no --eval-data, so quality before and after is measured on "
+                      f"{data} itself, the training data.")
     objective = Classify(loaded.device, loaded.tokenizer, text_field, label_field=label_field,
                          max_length=max_length)
     settings = EvalConfig(limit=None, text_field=text_field, label_field=label_field,
