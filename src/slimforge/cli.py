@@ -155,7 +155,7 @@ def evaluate(
     from slimforge.evaluation.evaluate import evaluate as run_evaluate
     from slimforge.io.run import write_run
     from slimforge.models.load import load_model
-    from slimforge.report.report import QUALITY_KEYS, eval_report
+    from slimforge.report.report import EVAL_KEYS, eval_report
 
     config = EvalConfig(**_options(
         limit=limit, max_tokens=max_tokens, window=window, stride=stride, batch_size=batch_size,
@@ -163,9 +163,7 @@ def evaluate(
         attack=_attack(attack, eps, attack_steps, input_min, input_max),
         group_field=group_field, positive_label=positive_label))
     result = run_evaluate(load_model(spec, task=task), data, reference, config).to_json()
-    keys = (*QUALITY_KEYS, "robust_accuracy", "demographic_parity_difference",
-            "equalized_odds_difference")
-    rows = [[k, f"{result[k]:.6g}"] for k in keys if k in result]
+    rows = [[k, f"{result[k]:.6g}"] for k in EVAL_KEYS if k in result]
     _table(f"slimforge evaluate {spec}", ("metric", "value"), rows)
     for note in result["notes"]:
         console.print(f"note: {note}")

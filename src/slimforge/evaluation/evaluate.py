@@ -176,7 +176,7 @@ def _classification(loaded: LoadedModel, data: str, reference: Any,
     if missing:
         raise DataError(f"{data} records lack {missing} (fields: {list(records[0])}).",
                         "name the columns with text_field=, label_field= and group_field=.")
-    preds = classify(loaded, [r[field_name] for r in records], config.batch_size)
+    preds = _predictions(loaded, records, config)
     labels = _label_ids(loaded, [r[config.label_field] for r in records])
     values = {"accuracy": metrics.accuracy(preds, labels),
               "macro_f1": metrics.macro_f1(preds, labels)}
@@ -184,8 +184,15 @@ def _classification(loaded: LoadedModel, data: str, reference: Any,
     if config.attack is not None:
         _robustness(loaded, records, labels, config, result)
     if config.group_field is not None:
-        _fairness(loaded, data, records, labels, preds, reference, config, result)
+        _fairness(loaded, records, labels, preds, reference, config, result)
     return result
+
+
+def _predictions(loaded: LoadedModel, records: list[dict[str, Any]],
+                 config: EvalConfig) -> torch.Tensor:
+    """Class ids for the records' texts (models with a tokenizer) or features."""
+    field_name = config.text_field if loaded.tokenizer is not None else "features"
+    return classify(loaded, [r[field_name] for r in records], config.batch_size)
 
 
 def _robustness(loaded: LoadedModel, records: list[dict[str, Any]], labels: torch.Tensor,
@@ -207,7 +214,7 @@ def _robustness(loaded: LoadedModel, records: list[dict[str, Any]], labels: torc
                         f"{figures['robust_accuracy']:.4f} under attack")
 
 
-def _fairness(loaded: LoadedModel, data: str, records: list[dict[str, Any]],
+def _fairness(loaded: LoadedModel, records: list[dict[str, Any]],
               labels: torch.Tensor, preds: torch.Tensor, reference: Any, config: EvalConfig,
               result: EvalResult) -> None:
     from slimforge.trust.fairness import fairness_deltas, group_fairness
@@ -223,10 +230,8 @@ def _fairness(loaded: LoadedModel, data: str, records: list[dict[str, Any]],
     if reference is None or isinstance(reference, EvalResult):
         return
     ref_loaded = _as_loaded(reference)
-    field_name = config.text_field if ref_loaded.tokenizer is not None else "features"
-    ref_preds = classify(ref_loaded, [r[field_name] for r in records], config.batch_size)
-    ref_report = group_fairness(labels.tolist(), ref_preds.tolist(), groups,
-                                config.positive_label)
+    ref_report = group_fairness(labels.tolist(), _predictions(ref_loaded, records, config).tolist(),
+                                groups, config.positive_label)
     result.reference = ref_loaded.spec
     result.details["fairness_reference"] = ref_report
     result.details["fairness_deltas"] = fairness_deltas(report, ref_report)

@@ -206,8 +206,9 @@ def _load_weight_bytes(model: torch.nn.Module, data: bytes) -> None:
 
     state = load(data)
     missing, unexpected = model.load_state_dict(state, strict=False)
-    pointers = {t.data_ptr() for k, t in model.state_dict().items() if k in state}
-    missing = [k for k in missing if model.state_dict()[k].data_ptr() not in pointers]
+    current = model.state_dict()
+    pointers = {t.data_ptr() for k, t in current.items() if k in state}
+    missing = [k for k in missing if current[k].data_ptr() not in pointers]
     if missing or unexpected:
         raise RuntimeError(f"weights do not fit: missing {missing[:5]}, "
                            f"unexpected {unexpected[:5]}")

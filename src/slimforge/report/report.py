@@ -16,6 +16,9 @@ from slimforge.bench.cost import cost_section
 
 QUALITY_KEYS = ("cosine_mean", "knn_overlap_at_10", "spearman", "retrieval_at_1", "perplexity",
                 "accuracy", "macro_f1")
+EVAL_KEYS = (*QUALITY_KEYS, "robust_accuracy", "demographic_parity_difference",
+             "equalized_odds_difference")
+"""What `evaluate` shows: the quality figures, then robustness and fairness when measured."""
 COLUMNS = ("stage", "quality", "p50 ms", "p95 ms", "throughput", "size MB", "peak RSS MB",
            "speed-up", "verdict")
 SHORT_COLUMNS = ("stage", "quality", "p50 ms", "p95 ms", "per s", "MB", "speed-up", "ok")
@@ -173,9 +176,7 @@ def bench_report(result: dict[str, Any]) -> str:
 
 def eval_report(result: dict[str, Any]) -> str:
     """The Markdown report of an `evaluate` run (result as from `EvalResult.to_json()`)."""
-    keys = (*QUALITY_KEYS, "robust_accuracy", "demographic_parity_difference",
-            "equalized_odds_difference", "tokens")
-    rows = [[k, f"{result[k]:.6g}"] for k in keys if k in result]
+    rows = [[k, f"{result[k]:.6g}"] for k in (*EVAL_KEYS, "tokens") if k in result]
     return "\n".join([f"# slimforge evaluate: {result['spec']}", "",
                       f"- Task: {result['task']}, samples: {result['samples']}, "
                       f"reference: {result['reference'] or '—'}",

@@ -76,8 +76,7 @@ class Classify:
 
     def loss(self, model: nn.Module, examples: Sequence[dict[str, Any]]) -> torch.Tensor:
         surface = self.surface(model, examples)
-        return nn.functional.cross_entropy(surface.logits(surface.x).float(), surface.labels,
-                                           reduction="sum")
+        return surface.loss(surface.x)
 
 
 def _plain_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -64,6 +64,11 @@ class Surface:
     labels: torch.Tensor
     logits: Callable[[torch.Tensor], torch.Tensor]
 
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        """The summed cross-entropy of the model's logits at `x` against the labels."""
+        return nn.functional.cross_entropy(self.logits(x).float(), self.labels,
+                                           reduction="sum")
+
 
 class Attackable(Protocol):
     """An objective whose examples can be turned into a `Surface`."""
@@ -82,9 +87,7 @@ def _project(x: torch.Tensor, origin: torch.Tensor, config: AttackConfig) -> tor
 
 def _gradient(surface: Surface, x: torch.Tensor) -> torch.Tensor:
     x = x.detach().requires_grad_(True)
-    loss = nn.functional.cross_entropy(surface.logits(x).float(), surface.labels,
-                                       reduction="sum")
-    (grad,) = torch.autograd.grad(loss, x)
+    (grad,) = torch.autograd.grad(surface.loss(x), x)
     return grad
 
 
@@ -116,9 +119,7 @@ class Adversarial:
 
     def loss(self, model: nn.Module, examples: Sequence[Any]) -> torch.Tensor:
         surface = self.objective.surface(model, examples)
-        moved = perturb(surface, self.config)
-        return nn.functional.cross_entropy(surface.logits(moved).float(), surface.labels,
-                                           reduction="sum")
+        return surface.loss(perturb(surface, self.config))
 
 
 @torch.no_grad()

@@ -146,7 +146,8 @@ def protect_run(run_dir: str | Path, out: str | Path, key: bytes | None = None,
                 sealed.append(name)
             else:
                 shutil.copy2(source / name, tmp / name)
-        files = {name: sha256_file(tmp / name) for name in manifest["files"] if name not in sealed}
+        files = {name: digest for name, digest in manifest["files"].items()
+                 if name not in sealed}  # copies of files whose hashes were just verified
         files.update({name + SEALED_SUFFIX: sha256_file(tmp / (name + SEALED_SUFFIX))
                       for name in sealed})
         manifest = {**manifest, "files": dict(sorted(files.items()))}
