@@ -21,13 +21,15 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/slimforge optimize
 
-# promtool (Debian's prometheus package) checks /metrics in a test. Installed when missing
-# and apt-get can be used; otherwise that one test is skipped and says why.
+# promtool (Debian's prometheus package) checks /metrics in a test; headless Chromium (Debian's
+# chromium) opens optimize's report.html in another. Installed when missing and apt-get can be
+# used; otherwise those tests are skipped and say why.
 tools:
-	@command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	@command -v promtool >/dev/null && command -v chromium >/dev/null || { \
+	  [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 	  && { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	       --no-install-recommends prometheus >/dev/null; } \
-	  || echo "promtool not installed (needs root and apt-get): its test will be skipped"; }
+	       --no-install-recommends prometheus chromium >/dev/null; } \
+	  || echo "promtool/chromium not installed (needs root and apt-get): their tests will be skipped"; }
 
 test: install tools
 	HF_HUB_OFFLINE=1 $(PY) -m pytest

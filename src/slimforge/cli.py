@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from slimforge import recipes
 from slimforge.errors import SlimforgeError, validation_problems
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -444,29 +445,37 @@ def _held_out_quality(student, teacher, data, limit, teacher_eval=None):
 @app.command()
 @friendly
 def optimize(
-    recipe: str = typer.Argument(None, help="a YAML recipe; the embedded default when omitted"),
+    recipe: str = typer.Argument(None, help="a YAML recipe, or the name of a shipped one "
+                                 f"({', '.join(recipes.shipped())}); the default when omitted"),
     output_dir: str = typer.Option(None, help="overrides the recipe's output_dir"),
+    out: str = typer.Option(None, help="the run folder itself; rerun with the same --out "
+                            "to resume an interrupted search"),
     proceed: bool = typer.Option(False, help="run on data that breaks the data check's "
                                  "hard rules (the report still says which)"),
 ) -> None:
-    """Baseline and every recipe stage, evaluated and benchmarked; the winner is saved.
+    """Search the recipe's candidates (quantization, pruning and their combinations) against
+    the baseline and the peer; the best one within the budget is saved with its report.
     Local data files are checked first (`data_check` in the recipe)."""
     from slimforge.pipeline import optimize as run_optimize
     from slimforge.report.report import SHORT_COLUMNS, stage_rows
 
-    result = run_optimize(recipe, output_dir, proceed=proceed)
-    summary = json.loads((result.run_dir / "metrics.json").read_text())
-    _table(f"slimforge optimize {summary['model']}", SHORT_COLUMNS,
-           stage_rows(summary["stages"], short=True))
-    console.print(f"selected: {result.selected} ({result.reason})")
-    console.print(f"report: {result.report_path.resolve()}")
+    result = run_optimize(recipes.resolve(recipe), output_dir, proceed=proceed, out=out)
+    found = result.results
+    rows = [found["baseline"], *([found["peer"]] if found["peer"] else []),
+            *found["candidates"]]
+    _table(f"slimforge optimize {found['model']}", SHORT_COLUMNS,
+           stage_rows(rows, result.selected, short=True))
+    console.print(f"chosen: {result.selected} ({result.reason})")
+    console.print(f"report: {result.report_path.resolve()} (and report.html)")
+    chosen = found["chosen"]
     _json_line({"run_dir": str(result.run_dir), "report": str(result.report_path),
-                "selected": result.selected,
-                "stages": {s["name"]: {**{k: s["eval"][k] for k in s["eval"]
-                                          if isinstance(s["eval"][k], float)},
-                                       "p50_ms": s["bench"]["p50_ms"],
-                                       "size_mb": s["bench"]["size_mb"]}
-                           for s in summary["stages"]}})
+                "selected": result.selected, "speedup_vs_baseline": chosen["speedup_vs_baseline"],
+                "speedup_vs_peer": chosen["speedup_vs_peer"],
+                "rows": {r["name"]: {"accepted": r["accepted"],
+                                     **{k: r[k] for k in ("throughput_per_s", "p50_ms", "size_mb")
+                                        if k in r},
+                                     **{m: q["value"] for m, q in r.get("quality", {}).items()}}
+                         for r in rows}})
 
 
 @app.command()

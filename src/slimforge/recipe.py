@@ -1,9 +1,11 @@
 """Recipes: one YAML file that says what `slimforge optimize` does.
 
-Owns: `Recipe` (frozen pydantic, unknown keys are errors), `Stage`, `Selection`, `load_recipe`,
-`dump_recipe`, and the embedded default (`recipes/default.yaml` inside the package). Stage
-steps are `{"step": NAME, ...config}` and are validated against the compression registry when
-the recipe loads, so a misspelled key fails before any model is touched.
+Owns: `Recipe` (frozen pydantic, unknown keys are errors), `Stage`, `Axis`, `Option`,
+`Budget`, `Objective`, `load_recipe`, `dump_recipe`, and the shipped recipes (`recipes/*.yaml`
+inside the package; `default.yaml` is what a bare `slimforge optimize` runs). Steps are
+`{"step": NAME, ...config}` and are validated against the compression registry when the
+recipe loads, as are the combinations a search makes (nothing may follow a quantize step),
+so a misspelled key or an impossible pipeline fails before any model is touched.
 
     >>> recipe = load_recipe()  # the embedded default
     >>> recipe.model
@@ -12,53 +14,118 @@ the recipe loads, so a misspelled key fails before any model is touched.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from slimforge import recipes
 from slimforge.bench.bench import BenchConfig
-from slimforge.compress import parse_step
+from slimforge.compress import get_step, parse_step
 from slimforge.data.gate import DataRules
 from slimforge.data.sources import STDLIB_DOCS
 from slimforge.errors import RecipeError
 from slimforge.evaluation.evaluate import EvalConfig
 from slimforge.models.tasks import Task
 
-DEFAULT_RECIPE = Path(__file__).parent / "recipes" / "default.yaml"
+DEFAULT_RECIPE = recipes.FOLDER / "default.yaml"
 
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+def _known_steps(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    for spec in steps:
+        parse_step(spec)  # raises RecipeError naming the step and the bad key
+    return steps
+
+
+Steps = Annotated[list[dict[str, Any]], AfterValidator(_known_steps)]
+"""Compression steps, each `{step: NAME, ...its config}`, checked against the registry."""
+
+
 class Stage(_Frozen):
-    """One candidate: the baseline transformed by `steps`, in order."""
+    """One fixed candidate: the baseline transformed by `steps`, in order."""
 
     name: str = Field(min_length=1)
-    """Row name in the report and the metrics."""
-    steps: list[dict[str, Any]] = Field(min_length=1)
+    """Row name in the report and the results."""
+    steps: Steps = Field(min_length=1)
     """Compression steps, each `{step: NAME, ...its config}`."""
 
-    @field_validator("steps")
+
+class Option(_Frozen):
+    """One choice on a search axis; no steps (or the bare word `none`) leaves the model as
+    it is on that axis."""
+
+    name: str = Field(min_length=1)
+    """Its part of a candidate's name (`prune-20+int8-weights`)."""
+    steps: Steps = Field(default_factory=list)
+    """Compression steps, each `{step: NAME, ...its config}`."""
+
+
+class Axis(_Frozen):
+    """One dimension of the search: every candidate takes exactly one of its options."""
+
+    axis: str = Field(min_length=1)
+    """What varies along it (`prune`, `quantize`, ...), for the report."""
+    options: list[Option] = Field(min_length=1)
+    """The choices, `none` usually first."""
+
+    @field_validator("options", mode="before")
     @classmethod
-    def _known_steps(cls, steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        for spec in steps:
-            parse_step(spec)  # raises RecipeError naming the step and the bad key
-        return steps
+    def _none_shorthand(cls, options: Any) -> Any:
+        if isinstance(options, list):
+            return [{"name": "none"} if option == "none" else option for option in options]
+        return options
+
+    @field_validator("options")
+    @classmethod
+    def _unique_options(cls, options: list[Option]) -> list[Option]:
+        names = [option.name for option in options]
+        if len(set(names)) != len(names):
+            raise ValueError(f"option names repeat: {names}")
+        return options
 
 
-class Selection(_Frozen):
-    """Which stage wins: the best by `objective` among those within the quality floor."""
+class Budget(_Frozen):
+    """What a candidate may lose, judged on a bootstrap interval of the quality change, and
+    the limits of the search itself."""
 
     min_cosine: float = Field(0.97, ge=0, le=1)
-    """Embedding: lowest mean cosine to the baseline a stage may have."""
+    """Embedding: lowest mean cosine to the baseline; the interval's low end must reach it."""
     max_perplexity_ratio: float = Field(1.10, ge=1)
-    """Causal LM: highest perplexity as a multiple of the baseline's."""
-    min_accuracy_ratio: float = Field(0.99, ge=0, le=1)
-    """Classification: lowest accuracy as a share of the baseline's."""
-    objective: Literal["latency", "throughput", "size"] = "latency"
-    """What the winner is best at: p50 latency, throughput, or size on disk."""
+    """Causal LM: highest perplexity as a multiple of the baseline's (the interval's high end)."""
+    max_accuracy_drop: float = Field(0.01, ge=0, le=1)
+    """Classification: largest accuracy loss against the baseline, as a fraction (0.01 is one
+    point; the interval's high end)."""
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    """Level of the bootstrap interval over evaluation examples."""
+    resamples: int = Field(1000, ge=100)
+    """Bootstrap resamples."""
+    min_gain: float = Field(0.05, ge=0)
+    """The guard: a candidate must beat the baseline on the objective by this share (0.05:
+    5%), measured in the same run, or it is rejected however good its quality."""
+    time_minutes: float | None = Field(None, gt=0)
+    """Wall-clock limit of the search; candidates not started by then are skipped, and the
+    report says which."""
+
+
+class Objective(_Frozen):
+    """What the chosen candidate is best at, measured at `bench`'s shapes and threads."""
+
+    metric: Literal["throughput", "latency", "p95_latency", "size"] = "throughput"
+    """Throughput at `bench.batch_size` x `bench.seq_len`; p50 or p95 latency at batch 1; or
+    size on disk."""
 
 
 class CostConfig(_Frozen):
@@ -83,13 +150,21 @@ class Recipe(_Frozen):
     """Text for data-dependent steps (e.g. `keep_float`); default: the train split of
     `data`. For a local `data` file give a separate file, or evaluation is not held out."""
     stages: list[Stage] = Field(default_factory=list)
-    """Candidates compared against the baseline."""
+    """Fixed candidates, measured first (one is a single pipeline)."""
+    search: list[Axis] = Field(default_factory=list)
+    """Axes whose every combination (all `none` aside) is a candidate; their steps apply in
+    the order of the axes."""
+    peer: Literal["auto", "none"] = "auto"
+    """`auto`: a reference row for the strongest single-method peer, measured in the same run
+    (embedding models: ONNX Runtime dynamic int8, per-channel, fused graph); never chosen."""
     eval: EvalConfig = Field(default_factory=EvalConfig)
     """How quality is measured."""
     bench: BenchConfig = Field(default_factory=BenchConfig)
     """How speed, memory and size are measured."""
-    select: Selection = Field(default_factory=Selection)
-    """Quality floor and objective for choosing the winner."""
+    budget: Budget = Field(default_factory=Budget)
+    """The quality floor, the guard's margin and the time limit."""
+    objective: Objective = Field(default_factory=Objective)
+    """What the chosen candidate maximises or minimises."""
     output_dir: str = "runs"
     """Where run folders are written."""
     cost: CostConfig | None = None
@@ -98,13 +173,30 @@ class Recipe(_Frozen):
     """Hard rules every local data file must meet before any model is loaded (`data/gate.py`);
     `proceed: true` runs on data that breaks them."""
 
-    @field_validator("stages")
-    @classmethod
-    def _unique_names(cls, stages: list[Stage]) -> list[Stage]:
-        names = [s.name for s in stages]
+    @model_validator(mode="after")
+    def _candidates_make_sense(self) -> Recipe:
+        names = [name for name, _ in self.candidates()]
         if "baseline" in names or len(set(names)) != len(names):
-            raise ValueError("stage names must be unique and not 'baseline'")
-        return stages
+            raise ValueError("candidate names (stages, and search combinations joined by '+') "
+                             "must be unique and not 'baseline'")
+        for name, steps in self.candidates():
+            for spec in steps[:-1]:
+                if get_step(spec["step"]).final:
+                    raise ValueError(f"candidate {name!r}: nothing can follow the "
+                                     f"{spec['step']!r} step; put it on the last axis")
+        return self
+
+    def candidates(self) -> list[tuple[str, list[dict[str, Any]]]]:
+        """Every candidate as (name, steps): the stages, then each combination of the search
+        axes with fewer choices first (so a combination's parts are measured before it)."""
+        combos = []
+        for choice in itertools.product(*(axis.options for axis in self.search)):
+            chosen = [option for option in choice if option.steps]
+            if chosen:
+                combos.append(("+".join(o.name for o in chosen),
+                               [spec for o in chosen for spec in o.steps]))
+        combos.sort(key=lambda combo: combo[0].count("+"))
+        return [*((stage.name, stage.steps) for stage in self.stages), *combos]
 
 
 def _describe(exc: ValidationError) -> str:

@@ -48,25 +48,26 @@ def test_evaluate_int8_against_reference_and_optimize_tiny(tmp_path):
         "stages:\n  - name: int8\n    steps:\n      - step: quantize\n"
         "eval: {limit: 20, max_length: 32}\n"
         "bench: {repeats: 2, batch_size: 2, seq_len: 16, warmup: 1}\n"
-        "select: {min_cosine: 0.5}\n"
+        "budget: {min_cosine: 0.5}\n"
         "cost: {prices: prices.yaml, target_per_s: 1000}\n"
     )
     done = slimforge("optimize", str(recipe), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     summary = last_json(done.stdout)
     assert summary["selected"] in {"baseline", "int8"}
-    assert set(summary["stages"]) == {"baseline", "int8"}
+    assert set(summary["rows"]) == {"baseline", "peer-onnxruntime-int8", "int8"}
     assert "report:" in done.stderr
     # the run priced (in its report, and by `slimforge cost`), from the throughput measured
     (run,) = (tmp_path / "runs").iterdir()
     assert "## Cost" in (run / "report.md").read_text()
-    in_run = json.loads((run / "metrics.json").read_text())["cost"]
+    in_run = json.loads((run / "results.json").read_text())["cost"]
     priced = slimforge("cost", str(run), "--prices", "prices.yaml", "--target-per-s", "1000",
                        cwd=tmp_path)
     assert priced.returncode == 0, priced.stderr
     rows = last_json(priced.stdout)["rows"]
-    assert {r["candidate"] for r in rows} == {"baseline", "int8"}
-    measured = json.loads((run / "metrics.json").read_text())["stages"]
+    assert {r["candidate"] for r in rows} == {"baseline", "peer-onnxruntime-int8", "int8"}
+    found = json.loads((run / "results.json").read_text())
+    measured = [found["baseline"], found["peer"], *found["candidates"]]
     for row in rows:
         per_s = next(s["bench"]["throughput_per_s"] for s in measured
                      if s["name"] == row["candidate"])

@@ -8,13 +8,26 @@ from slimforge.errors import RecipeError
 from slimforge.recipe import dump_recipe, load_recipe, parse_recipe
 
 
-def test_default_recipe():
+def test_default_recipe_searches_pruning_times_quantization():
     recipe = load_recipe()
     assert recipe.model == "builtin:minilm"
-    assert recipe.stages[0].steps[0]["step"] == "quantize"
-    assert load_recipe.__module__
-    assert parse_recipe(__import__("yaml").safe_load(
-        dump_recipe(recipe))) == recipe
+    names = [name for name, _ in recipe.candidates()]
+    assert names[:3] == ["int8-dynamic", "int8-weights", "onnx-int8"]  # one step first
+    assert "ffn-12+int8-weights" in names
+    assert len(names) == 3 + 2 + 2 * 3
+    assert parse_recipe(__import__("yaml").safe_load(dump_recipe(recipe))) == recipe
+
+
+def test_candidates_combine_axes_in_order():
+    recipe = parse_recipe({
+        "stages": [{"name": "fixed", "steps": [{"step": "quantize"}]}],
+        "search": [{"axis": "prune", "options": ["none", {"name": "p", "steps": [
+                       {"step": "prune_structured", "ffn": 0.1}]}]},
+                   {"axis": "quantize", "options": ["none", {"name": "q", "steps": [
+                       {"step": "quantize", "method": "weight-only-int8"}]}]}]})
+    found = recipe.candidates()
+    assert [name for name, _ in found] == ["fixed", "q", "p", "p+q"]
+    assert [s["step"] for s in found[-1][1]] == ["prune_structured", "quantize"]
 
 
 @pytest.mark.parametrize(("data", "message"), [
@@ -24,7 +37,18 @@ def test_default_recipe():
     ({"stages": [{"name": "x", "steps": [{"step": "quantize", "bits": 3}]}]}, "bits"),
     ({"stages": [{"name": "x", "steps": [{"step": "squash"}]}]}, "Unknown compression step"),
     ({"stages": [{"name": "baseline", "steps": [{"step": "quantize"}]}]}, "not 'baseline'"),
-    ({"select": {"objective": "vibes"}}, "select.objective"),
+    ({"objective": {"metric": "vibes"}}, "objective.metric"),
+    ({"budget": {"min_cosine": 2}}, "budget.min_cosine"),
+    ({"budget": {"time_minutes": 0}}, "budget.time_minutes"),
+    ({"search": [{"axis": "q", "options": [{"name": "a", "steps": [{"step": "quantize"}]}]},
+                 {"axis": "p", "options": [{"name": "b", "steps": [{"step": "prune"}]}]}]},
+     "nothing can follow the 'quantize' step"),
+    ({"search": [{"axis": "q", "options": ["none", "none"]}]}, "option names repeat"),
+    ({"search": [{"axis": "q", "options": [{"name": "baseline",
+                                            "steps": [{"step": "quantize"}]}]}]},
+     "not 'baseline'"),
+    ({"search": [{"axis": "q", "options": [{"name": "x", "steps": [{"step": "quantize",
+                                                                    "bits": 3}]}]}]}, "bits"),
     (["model"], "must be a mapping"),
 ])
 def test_mistakes_name_the_key(data, message):

@@ -83,6 +83,8 @@ class BenchResult:
     resources: dict[str, Any] = field(default_factory=dict)
     """CPU %, RSS and (where NVML answers) GPU utilisation, memory and energy, sampled every
     0.1 s while measuring (`bench/resources.py`)."""
+    latency_samples_ms: list[float] = field(default_factory=list)
+    """Every timed latency call (decode: every step), for distribution plots."""
     anchor: BenchResult | None = None
     vs_anchor: dict[str, float] = field(default_factory=dict)
 
@@ -210,7 +212,7 @@ def _result(plan: _Plan, config: BenchConfig, threads: int, device: str) -> Benc
                           else f"batch {config.batch_size} x {config.seq_len} tokens"),
         peak_rss_mb=plan.peak_rss, size_mb=measure.size_on_disk_mb(loaded.model),
         parameters=params, sparsity=sparsity, threads=threads, device=device,
-        resources=plan.resources.summary(),
+        resources=plan.resources.summary(), latency_samples_ms=[round(x, 4) for x in lat],
     )
     if causal:
         result.decode_tokens_per_s = 1000.0 / (sum(lat) / len(lat))

@@ -79,16 +79,22 @@ def throughput_of_bench(name: str, bench: dict[str, Any]) -> Throughput:
 
 
 def throughputs_of_run(run_dir: str | Path) -> list[Throughput]:
-    """Every candidate's measured throughput in a `bench` or `optimize` run folder."""
-    path = Path(run_dir) / "metrics.json"
+    """Every measured row's throughput in an `optimize` run folder (`results.json`), or the
+    model's in a `bench` run folder (`metrics.json`)."""
+    folder = Path(run_dir)
+    path = folder / "results.json" if (folder / "results.json").exists() \
+        else folder / "metrics.json"
     try:
         metrics = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"No readable metrics.json in {run_dir} ({exc}).",
+        raise DataError(f"No readable results.json or metrics.json in {run_dir} ({exc}).",
                         "point at a run folder that `slimforge bench` or `optimize` wrote.") \
             from None
-    if "stages" in metrics:
-        return [throughput_of_bench(s["name"], s["bench"]) for s in metrics["stages"]]
+    if "candidates" in metrics:
+        rows = [metrics["baseline"], *([metrics["peer"]] if metrics.get("peer") else []),
+                *metrics["candidates"]]
+        return [throughput_of_bench(r["name"], r["bench"]) for r in rows
+                if r.get("status") == "measured"]
     if "throughput_per_s" in metrics:
         return [throughput_of_bench(metrics.get("spec", "model"), metrics)]
     raise DataError(f"{path} holds no throughput.",

@@ -48,6 +48,8 @@ class CompressionStep:
     tasks: tuple[str, ...]
     prepare: Prepare | None = None
     inspect: Inspect | None = None
+    final: bool = False
+    """Its output is no longer a float torch model (quantized, ONNX): no step may follow."""
 
 
 @dataclass(frozen=True)
@@ -79,13 +81,15 @@ def register_step(
     tasks: tuple[str, ...] = ALL_TASKS,
     prepare: Prepare | None = None,
     inspect: Inspect | None = None,
+    final: bool = False,
 ) -> Callable[[Callable[[nn.Module, Any], nn.Module]], Callable[[nn.Module, Any], nn.Module]]:
     """Decorator for a step's `apply` function: registers it under `name` for `tasks`.
     `prepare` makes data-dependent choices before it runs; `inspect` measures the result
-    layer by layer after it."""
+    layer by layer after it; nothing may follow a `final` step."""
 
     def decorate(apply: Callable[[nn.Module, Any], nn.Module]):
-        entry = CompressionStep(name, config_type, apply, restructure, tasks, prepare, inspect)
+        entry = CompressionStep(name, config_type, apply, restructure, tasks, prepare, inspect,
+                                final)
         STEPS.register(name)(entry)
         return apply
 
@@ -135,6 +139,15 @@ def parse_step(spec: dict[str, Any]) -> tuple[CompressionStep, StepConfig]:
         problems = validation_problems(exc)
         raise RecipeError(f"Step {name!r} has a bad config: {problems}.",
                           f"see the fields of {step.config_type.__name__}.") from None
+
+
+def step_key(spec: dict[str, Any]) -> str:
+    """A canonical form of one step (its name and full validated config), so two specs that
+    differ only in spelled-out defaults are recognised as the same work."""
+    import json
+
+    step, config = parse_step(spec)
+    return json.dumps({"step": step.name, **config.model_dump(mode="json")}, sort_keys=True)
 
 
 def default_calibration() -> list[str]:

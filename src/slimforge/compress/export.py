@@ -163,7 +163,8 @@ def _restructure(model: nn.Module, config: OnnxConfig) -> nn.Module:
                          "load the run folder with load_model; it reads model.onnx.")
 
 
-@register_step("onnx", OnnxConfig, restructure=_restructure, tasks=("embedding",))
+@register_step("onnx", OnnxConfig, restructure=_restructure, tasks=("embedding",),
+               final=True)
 def onnx_export(model: nn.Module, config: OnnxConfig) -> nn.Module:
     """Return an `OrtModule` running `model` through ONNX Runtime; the input is untouched.
 

@@ -434,7 +434,7 @@ def _inspect(loaded: Any, compressed: nn.Module, calibration: Any) -> dict[str, 
 
 
 @register_step("quantize", QuantConfig, restructure=_restructure, prepare=_prepare,
-               inspect=_inspect)
+               inspect=_inspect, final=True)
 def quantize(model: nn.Module, config: QuantConfig) -> nn.Module:
     """Return a quantized copy of `model`; the input is left untouched.
 

@@ -22,6 +22,10 @@ from torch import nn
 from slimforge.compress.codes import KernelCache, fill_int8_linear, init_int8_linear
 
 DENSE_FROM_ROWS = 16
+PACKED_K_MULTIPLE = 16
+"""PyTorch's CPU `_weight_int8pack_mm` (torch 2.13) crashes the process on more than one row
+when the input width is not a multiple of 16 (e.g. 56 or 1,382 FFN neurons left by structured
+pruning); such layers take the dense path."""
 
 
 class _WeightOnlyLinear(KernelCache):
@@ -53,7 +57,8 @@ class _WeightOnlyLinear(KernelCache):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
-        if x.device.type == "cpu" and flat.shape[0] < DENSE_FROM_ROWS:
+        if (x.device.type == "cpu" and flat.shape[0] < DENSE_FROM_ROWS
+                and self.in_features % PACKED_K_MULTIPLE == 0):
             out = self._packed_mm(flat.contiguous())  # the packed kernels need contiguous rows
             if self.bias is not None:
                 out = out + self.bias.to(out.dtype)

@@ -76,6 +76,10 @@ class EvalResult:
     outputs: torch.Tensor | None = field(default=None, repr=False)
     details: dict[str, Any] = field(default_factory=dict)
     """Structured figures beyond single numbers (`fairness`, `attack`)."""
+    per_example: dict[str, list[float]] = field(default_factory=dict, repr=False)
+    """What each example (text, record, or perplexity window) scored, for intervals:
+    `cosine` (embedding, with a reference), `nll` and `tokens` (causal LM), `correct`
+    (classification). Not in `to_json()`."""
 
     def to_json(self) -> dict[str, Any]:
         """The metrics at the top level, plus provenance; `outputs` are left out."""
@@ -104,7 +108,7 @@ def _embedding(loaded: LoadedModel, data: str, reference: Any, config: EvalConfi
     firsts, seconds = _halves(texts)
     values = {"retrieval_at_1": metrics.retrieval_at_1(embed(loaded, firsts, **run),
                                                        embed(loaded, seconds, **run))}
-    notes, ref_name = [], None
+    notes, ref_name, per_example = [], None, {}
     if reference is None and loaded.base_spec:
         reference = loaded.base_spec
         notes.append(f"reference: the base model {loaded.base_spec}")
@@ -120,11 +124,12 @@ def _embedding(loaded: LoadedModel, data: str, reference: Any, config: EvalConfi
         if ref_emb.shape != emb.shape:
             raise SlimforgeError(f"Reference outputs {tuple(ref_emb.shape)} do not match the "
                                  f"model's {tuple(emb.shape)}.", "evaluate both on the same data.")
+        per_example["cosine"] = metrics.cosines(emb, ref_emb).tolist()
         values.update(cosine_mean=metrics.cosine_mean(emb, ref_emb),
                       knn_overlap_at_10=metrics.knn_overlap(emb, ref_emb, 10),
                       spearman=metrics.pairwise_spearman(emb, ref_emb))
     return EvalResult("embedding", loaded.spec, values, len(texts), describe(data), ref_name,
-                      notes, outputs=emb)
+                      notes, outputs=emb, per_example=per_example)
 
 
 @torch.inference_mode()
@@ -136,23 +141,26 @@ def _causal_lm(loaded: LoadedModel, data: str, config: EvalConfig) -> EvalResult
     ids = loaded.tokenizer(text, return_tensors="pt").input_ids[0][: config.max_tokens]
     if len(ids) < 2:
         raise DataError(f"{data} gave fewer than 2 tokens.", "use more text.")
-    nll, scored, end = 0.0, 0, 0
+    nll, scored, end = [], [], 0
     for begin in track(range(0, len(ids) - 1, config.stride), "perplexity windows"):
         stop = min(begin + config.window, len(ids))
         chunk = ids[begin:stop].unsqueeze(0).to(loaded.device)
         logits = loaded.model(input_ids=chunk).logits[0, :-1].float()
         losses = torch.nn.functional.cross_entropy(logits, chunk[0, 1:], reduction="none")
         fresh = losses[-(stop - max(end, begin + 1)) :]  # tokens no earlier window scored
-        nll, scored, end = nll + float(fresh.sum()), scored + len(fresh), stop
+        nll.append(float(fresh.sum()))
+        scored.append(float(len(fresh)))
+        end = stop
         if stop == len(ids):
             break
-    value = metrics.perplexity(nll, scored)
+    value = metrics.perplexity(sum(nll), int(sum(scored)))
     if not math.isfinite(value):
         raise SlimforgeError(f"Perplexity of {loaded.spec} is {value}: the model outputs "
                              "non-finite logits.", "check the model's weights and dtype.")
-    return EvalResult("causal-lm", loaded.spec, {"perplexity": value, "tokens": float(scored)},
-                      scored, describe(data), notes=[f"window {config.window}, "
-                                                     f"stride {config.stride}"])
+    return EvalResult("causal-lm", loaded.spec, {"perplexity": value, "tokens": sum(scored)},
+                      int(sum(scored)), describe(data),
+                      notes=[f"window {config.window}, stride {config.stride}"],
+                      per_example={"nll": nll, "tokens": scored})
 
 
 def _label_ids(loaded: LoadedModel, labels: list[Any]) -> torch.Tensor:
@@ -180,7 +188,8 @@ def _classification(loaded: LoadedModel, data: str, reference: Any,
     labels = _label_ids(loaded, [r[config.label_field] for r in records])
     values = {"accuracy": metrics.accuracy(preds, labels),
               "macro_f1": metrics.macro_f1(preds, labels)}
-    result = EvalResult("classification", loaded.spec, values, len(records), describe(data))
+    result = EvalResult("classification", loaded.spec, values, len(records), describe(data),
+                        per_example={"correct": (preds == labels).float().tolist()})
     if config.attack is not None:
         _robustness(loaded, records, labels, config, result)
     if config.group_field is not None:

@@ -1,8 +1,9 @@
 """Quality metrics as pure functions on tensors: known answers, no models involved.
 
-Owns: embedding fidelity (mean cosine, top-k neighbour overlap, Spearman correlation of
+Owns: embedding fidelity (per-row and mean cosine, top-k neighbour overlap, Spearman correlation of
 pairwise similarities), half-paragraph retrieval, perplexity from summed NLL, and
-classification accuracy and macro-F1. `evaluate.py` runs models and feeds these.
+classification accuracy and macro-F1, and a bootstrap interval for any statistic over
+examples. `evaluate.py` runs models and feeds these.
 
     >>> import torch
     >>> accuracy(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 0]))
@@ -12,13 +13,20 @@ classification accuracy and macro-F1. `evaluate.py` runs models and feeds these.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
+
+
+def cosines(emb: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity between matching rows of two L2-normalised matrices."""
+    return (emb * ref).sum(-1)
 
 
 def cosine_mean(emb: torch.Tensor, ref: torch.Tensor) -> float:
     """Mean cosine similarity between matching rows of two L2-normalised matrices."""
-    return float((emb * ref).sum(-1).mean())
+    return float(cosines(emb, ref).mean())
 
 
 def _neighbours(emb: torch.Tensor, k: int) -> torch.Tensor:
@@ -84,3 +92,33 @@ def macro_f1(predictions: torch.Tensor, labels: torch.Tensor) -> float:
         fn = float(((predictions != cls) & (labels == cls)).sum())
         scores.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
     return sum(scores) / len(scores)
+
+
+def bootstrap_interval(
+    columns: dict[str, Sequence[float]],
+    statistic: Callable[..., np.ndarray],
+    level: float = 0.95,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """A percentile bootstrap interval of `statistic` over examples.
+
+    Args:
+        columns: per-example values by name, all the same length; they are resampled
+            together (paired), so a statistic comparing two models on the same examples keeps
+            each example's pair.
+        statistic: takes the columns as keyword arrays of shape (resamples, examples) and
+            returns one value per resample.
+        level: the interval's coverage (0.95: from the 2.5th to the 97.5th percentile).
+        resamples: how many resamples.
+        seed: the resampling seed (the same figures give the same interval).
+    """
+    arrays = {name: np.asarray(values, dtype=np.float64) for name, values in columns.items()}
+    count = len(next(iter(arrays.values())))
+    if count == 0 or any(len(a) != count for a in arrays.values()):
+        raise ValueError("bootstrap columns must be non-empty and of one length")
+    index = np.random.default_rng(seed).integers(0, count, size=(resamples, count))
+    values = statistic(**{name: array[index] for name, array in arrays.items()})
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)

@@ -1,7 +1,7 @@
 """Plots for reports, as PNG bytes (matplotlib, imported only when a plot is drawn).
 
-Owns: `sensitivity_png`, `length_histogram_png`. Figures come in, pictures go out; nothing
-here measures anything.
+Owns: `sensitivity_png`, `length_histogram_png`, `pareto_png`, `latency_png`. Figures come in,
+pictures go out; nothing here measures anything.
 """
 
 from __future__ import annotations
@@ -16,6 +16,87 @@ SHOWN_LAYERS = 30
 
 def _rank_key(figures: dict[str, float]) -> float:
     return figures.get("alone_sqnr_db", figures.get("sqnr_db", float("inf")))
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    _pyplot().close(fig)
+    return buffer.getvalue()
+
+
+AXES = {"latency": ("p50_ms", "p50 latency (ms), batch 1"), "size": ("size_mb", "size (MB)")}
+"""x of a Pareto chart: the row field and its label."""
+
+
+def pareto_png(rows: list[dict], front: list[str], axis: str, chosen: str | None = None
+               ) -> bytes | None:
+    """Judged quality (each row's first quality metric) against latency or size, one point per
+    measured row, the Pareto front joined by a line; None with fewer than two points.
+
+    Args:
+        rows: result rows (`results.json`): `name`, `kind`, `status`, `accepted`, `quality`
+            and the x field.
+        front: names on the Pareto front (`search.pareto`).
+        axis: `latency` or `size`.
+        chosen: the chosen row's name, drawn as a star.
+    """
+    measured = [r for r in rows if r.get("status") == "measured"]
+    if len(measured) < 2:
+        return None
+    key, label = AXES[axis]
+    metric = next(iter(measured[0]["quality"]))
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    styles = {"baseline": ("k", "s"), "peer": ("tab:purple", "D")}
+    for row in measured:
+        color, marker = styles.get(row["kind"], ("tab:green" if row.get("accepted")
+                                                 else "tab:red", "o"))
+        if row["name"] == chosen:
+            marker = "*"
+        x, y = row[key], row["quality"][metric]["value"]
+        ax.scatter([x], [y], c=color, marker=marker, s=120 if marker == "*" else 40, zorder=3)
+        q = row["quality"][metric]
+        if "low" in q:
+            ax.vlines(x, q["low"], q["high"], colors=color, linewidth=1, zorder=2)
+        ax.annotate(row["name"], (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    line = sorted((r[key], r["quality"][metric]["value"]) for r in measured if r["name"] in front)
+    ax.plot([p[0] for p in line], [p[1] for p in line], "--", color="tab:blue", linewidth=1,
+            label="Pareto front")
+    ax.set_xlabel(label)
+    ax.ticklabel_format(axis="y", useOffset=False)
+    ax.set_ylabel(metric.replace("_", " ") + " (bootstrap interval)")
+    ax.set_title(f"quality vs {axis}: green accepted, red rejected, black baseline, "
+                 "purple peer", fontsize=9)
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def latency_png(rows: list[dict]) -> bytes | None:
+    """Box plots of every timed latency call per measured row; None without samples."""
+    measured = [r for r in rows if r.get("status") == "measured"
+                and r.get("bench", {}).get("latency_samples_ms")]
+    if not measured:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 1.0 + 0.35 * len(measured)))
+    ax.boxplot([r["bench"]["latency_samples_ms"] for r in measured], orientation="horizontal",
+               tick_labels=[r["name"] for r in measured], showfliers=True)
+    ax.invert_yaxis()
+    ax.tick_params(axis="y", labelsize=7)
+    ax.set_xlabel(f"latency per call (ms): {measured[0]['bench']['latency_shape']}")
+    ax.set_title("latency distribution per candidate", fontsize=10)
+    return _png(fig)
 
 
 def sensitivity_png(layers: dict[str, dict[str, float]], title: str) -> bytes | None:

@@ -19,11 +19,9 @@ QUALITY_KEYS = ("cosine_mean", "knn_overlap_at_10", "spearman", "retrieval_at_1"
 EVAL_KEYS = (*QUALITY_KEYS, "robust_accuracy", "demographic_parity_difference",
              "equalized_odds_difference")
 """What `evaluate` shows: the quality figures, then robustness and fairness when measured."""
-COLUMNS = ("stage", "quality", "p50 ms", "p95 ms", "throughput", "size MB", "peak RSS MB",
-           "speed-up", "verdict")
-SHORT_COLUMNS = ("stage", "quality", "p50 ms", "p95 ms", "per s", "MB", "speed-up", "ok")
-SHORT_NAMES = {"cosine_mean": "cos", "knn_overlap_at_10": "knn10", "retrieval_at_1": "R@1",
-               "perplexity": "ppl", "accuracy": "acc", "macro_f1": "F1"}
+SHORT_COLUMNS = ("row", "quality", "p50 ms", "per s", "MB", "gain", "ok")
+COLUMNS = ("row", "steps", "quality [interval]", "p50 ms", "p95 ms", "throughput", "size MB",
+           "peak RSS MB", "vs baseline", "verdict")
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -36,31 +34,54 @@ def quality_text(metrics: dict[str, float]) -> str:
     return ", ".join(parts) or "—"
 
 
-def _short_quality(metrics: dict[str, float]) -> str:
-    keys = [k for k in ("cosine_mean", "knn_overlap_at_10", "perplexity", "accuracy")
-            if k in metrics] or [k for k in QUALITY_KEYS if k in metrics]
-    return " ".join(f"{SHORT_NAMES.get(k, k)} {metrics[k]:.3g}" for k in keys) or "—"
+SHORT_QUALITY = {"cosine_mean": "cos", "perplexity_ratio": "ppl ×", "accuracy_drop": "acc -"}
 
 
-def stage_rows(stages: list[dict[str, Any]], short: bool = False) -> list[list[str]]:
-    """One row per stage (dicts as in metrics.json), in the order of COLUMNS, or of
-    SHORT_COLUMNS for an 80-column terminal when `short`."""
-    rows = []
-    for stage in stages:
-        bench, ratios = stage["bench"], stage["bench"].get("vs_anchor", {})
-        name = stage["name"] + (" ★" if stage.get("selected") else "")
-        speedup = f"{ratios.get('latency_speedup', 1.0):.2f}×"
-        timing = [_fmt(bench["p50_ms"], 2), _fmt(bench["p95_ms"], 2)]
+def _quality_cell(quality: dict[str, dict[str, float]], short: bool) -> str:
+    parts = []
+    for metric, q in quality.items():
         if short:
-            rows.append([name, _short_quality(stage["eval"]), *timing,
-                         f"{bench['throughput_per_s']:.1f}", _fmt(bench["size_mb"], 1), speedup,
-                         "yes" if stage["passed"] else "no"])
+            return f"{SHORT_QUALITY.get(metric, metric)} {q['value']:.4f}"
+        interval = f" [{q['low']:.4f}, {q['high']:.4f}]" if "low" in q else ""
+        parts.append(f"{metric} {q['value']:.4f}{interval}")
+    return ", ".join(parts)
+
+
+def _steps_cell(row: dict[str, Any]) -> str:
+    return " → ".join(f"`{s['step']}" + (f" {s['method']}`" if "method" in s else "`")
+                      for s in row["steps"]) or "—"
+
+
+def _vs_cell(row: dict[str, Any]) -> str:
+    ratios = row.get("vs_baseline") or {}
+    if not ratios:
+        return "—"
+    return (f"thr ×{ratios['throughput_ratio']:.2f}, p50 ×{ratios['latency_speedup']:.2f}, "
+            f"size ×{ratios['size_ratio']:.2f}")
+
+
+def stage_rows(rows: list[dict[str, Any]], chosen: str, short: bool = False) -> list[list[str]]:
+    """One table row per result row (dicts as in results.json), in the order of COLUMNS, or of
+    SHORT_COLUMNS for an 80-column terminal when `short`; the chosen row is starred."""
+    out = []
+    for row in rows:
+        name = row["name"] + (" ★" if row["name"] == chosen else "")
+        if row.get("status") != "measured":
+            out.append([name, "skipped", *["—"] * 4, "no"] if short else
+                       [name, _steps_cell(row), "—", *["—"] * 6, row["reason"]])
             continue
-        rows.append([name, quality_text(stage["eval"]), *timing,
-                     f"{bench['throughput_per_s']:.1f} {bench['throughput_unit']}",
-                     _fmt(bench["size_mb"], 1), _fmt(bench["peak_rss_mb"], 0), speedup,
-                     stage["verdict"]])
-    return rows
+        quality = _quality_cell(row["quality"], short)
+        unit = "tok/s" if row["bench"]["throughput_unit"] == "tokens/s" else "/s"
+        if short:
+            out.append([name, quality, _fmt(row["p50_ms"], 2), f"{row['throughput_per_s']:.1f}",
+                        _fmt(row["size_mb"], 1), f"×{row.get('gain', 1.0):.2f}",
+                        "yes" if row["accepted"] else "no"])
+            continue
+        out.append([name, _steps_cell(row), quality, _fmt(row["p50_ms"], 2),
+                    _fmt(row["p95_ms"], 2), f"{row['throughput_per_s']:.1f} {unit}",
+                    _fmt(row["size_mb"], 1), _fmt(row["peak_rss_mb"], 0), _vs_cell(row),
+                    row["reason"]])
+    return out
 
 
 def _table(header: tuple[str, ...], rows: list[list[str]]) -> str:
@@ -83,6 +104,18 @@ def cpu_name() -> str:
 
 def _date_line() -> str:
     return f"- Date: {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}"
+
+
+def environment(threads: int) -> dict[str, Any]:
+    """Where and when figures were measured: date, CPU, GPU, threads and package versions."""
+    import torch
+
+    from slimforge.io.checkpoint import package_versions
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "cpu": cpu_name(), "gpu": gpu, "threads": threads,
+            "platform": platform.platform(), "versions": package_versions()}
 
 
 def _context(threads: int, data: dict[str, Any] | None = None) -> list[str]:
@@ -116,27 +149,93 @@ def _layer_section(stages: list[dict[str, Any]], plots: list[str]) -> list[str]:
     return ["## Per-layer quantization SQNR", "", *lines] if lines else []
 
 
-def optimize_report(summary: dict[str, Any], plots: list[str] | None = None) -> str:
-    """The Markdown report of an `optimize` run (summary as written to metrics.json);
+def optimize_report(results: dict[str, Any], plots: list[str] | None = None) -> str:
+    """The Markdown report of an `optimize` run (`results` as written to results.json);
     `plots` names the chart files written beside it."""
-    stages = summary["stages"]
-    first = stages[0]
-    lines = [f"# slimforge optimize: {summary['model']}", "",
-             *_context(first["bench"]["threads"], summary.get("data")),
-             f"- Latency: {first['bench']['latency_shape']}; throughput: "
-             f"{first['bench']['throughput_shape']}",
-             "- Speed-up: baseline p50 / stage p50, both measured in the same run "
-             "(alternating rounds)",
-             "- Peak RSS: of the whole process while the stage was measured; the baseline is "
-             "loaded beside every stage, so it is an upper bound, not the stage's own", "",
-             _table(COLUMNS, stage_rows(stages)), "",
-             f"**Selected: {summary['selected']}** — {summary['reason']}", ""]
-    for stage in stages:
-        if stage["notes"]:
-            lines.append(f"- {stage['name']}: " + "; ".join(stage["notes"]))
-    lines += ["", *_data_section(summary.get("data_check", [])),
-              *cost_section(summary.get("cost", [])), *_layer_section(stages, plots or [])]
+    plots = plots or []
+    base, chosen = results["baseline"], results["chosen"]
+    rows = [base, *([results["peer"]] if results["peer"] else []), *results["candidates"]]
+    bench, budget = base["bench"], results["budget"]
+    lines = [f"# slimforge optimize: {results['model']}", "",
+             *_context(bench["threads"], results.get("data")),
+             f"- Objective: {results['objective']['metric']} (latency: "
+             f"{bench['latency_shape']}; throughput: {bench['throughput_shape']})",
+             f"- Budget: cosine ≥ {budget['min_cosine']} (embedding), perplexity ≤ "
+             f"×{budget['max_perplexity_ratio']} (causal LM), accuracy drop ≤ "
+             f"{budget['max_accuracy_drop']} (classification), judged on the pessimistic end "
+             f"of a {budget['confidence']:.0%} paired bootstrap interval "
+             f"({budget['resamples']} resamples); the guard asks for ≥ "
+             f"×{1 + budget['min_gain']:.2f} on the objective, measured against the baseline "
+             "in the same run", "",
+             "## Chosen", "", *_chosen_lines(results), "",
+             "## Every candidate", "",
+             "Every row was evaluated on the same held-out examples and timed in alternating "
+             "rounds with the baseline in this run. Peak RSS is the whole process's (the "
+             "baseline is loaded beside each row): an upper bound, not the row's own.", "",
+             _table(COLUMNS, stage_rows(rows, chosen["name"])), ""]
+    lines += [f"- {row['name']}: " + "; ".join(row["notes"])
+              for row in rows if row.get("notes")]
+    lines += ["", *_plot_section(plots), *_claims_section(results["claims"]),
+              *_environment_section(results["environment"]),
+              *_data_section(results.get("data_check", [])),
+              *cost_section(results.get("cost", [])), *_layer_section(rows, plots)]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _chosen_lines(results: dict[str, Any]) -> list[str]:
+    chosen = results["chosen"]
+    lines = [f"**{chosen['name']}** — {results['reason']}.", ""]
+    if chosen["kind"] == "candidate":
+        vs_peer = chosen.get("speedup_vs_peer")
+        lines += [f"- {results['objective']['metric']}: ×{chosen['speedup_vs_baseline']:.2f} "
+                  "the baseline" + (f", ×{vs_peer:.2f} the peer ({results['peer']['name']})"
+                                    if vs_peer else ""),
+                  f"- quality: {_quality_cell(chosen['quality'], short=False)}",
+                  f"- size: {chosen['size_mb']:.1f} MB (baseline "
+                  f"{results['baseline']['size_mb']:.1f} MB)", f"- steps: {_steps_cell(chosen)}"]
+    for text in results.get("relax", []):
+        lines.append(f"- closest: {text}")
+    if results.get("pareto"):
+        lines.append(f"- Pareto front (quality vs {results['objective']['metric']}): "
+                     + ", ".join(results["pareto"]))
+    skipped = [c for c in results["candidates"] if c.get("status") != "measured"]
+    if skipped:
+        lines.append(f"- {len(skipped)} candidate(s) not measured: " + "; ".join(
+            f"{c['name']} ({c['reason']})" for c in skipped))
+    lines.append(f"- Reproduce: `{results['reproduce']}`")
+    return lines
+
+
+def _plot_section(plots: list[str]) -> list[str]:
+    captions = {"pareto-latency.png": "Quality against batch-1 latency",
+                "pareto-size.png": "Quality against size on disk",
+                "latency.png": "Latency distribution per row"}
+    shown = [name for name in captions if name in plots]
+    if not shown:
+        return []
+    lines = ["## Plots", ""]
+    for name in shown:
+        lines += [f"![{captions[name]}]({name})", ""]
+    return lines
+
+
+def _claims_section(found: list[dict[str, Any]]) -> list[str]:
+    if not found:
+        return []
+    rows = [[c["technique"], c["promise"], c["source"], f"{c['row']}: {c['measured']}",
+             "yes" if c["holds"] else "**no**"] for c in found]
+    return ["## Claims check", "",
+            "What is commonly promised for each technique, against what this run measured "
+            "where a candidate used that technique alone.", "",
+            _table(("technique", "promise", "where it comes from", "measured here", "holds"),
+                   rows), ""]
+
+
+def _environment_section(env: dict[str, Any]) -> list[str]:
+    versions = ", ".join(f"{k} {v}" for k, v in sorted(env["versions"].items()))
+    return ["## Environment", "", f"- Date: {env['date']}", f"- CPU: {env['cpu']}, "
+            f"{env['threads']} threads; GPU: {env['gpu'] or 'none'}",
+            f"- Platform: {env['platform']}", f"- Versions: {versions}", ""]
 
 
 def _data_section(checks: list[dict[str, Any]]) -> list[str]:

@@ -31,13 +31,16 @@ def test_cost_per_million_and_replicas_for_a_target_load():
     assert (small_fp32.replicas, small_fp32.instances) == (10, 10)
 
 
-def test_throughputs_come_from_every_optimize_stage(tmp_path):
-    stages = [{"name": "baseline", "bench": {"throughput_per_s": 70.0,
-                                             "throughput_unit": "texts/s"}},
-              {"name": "int8", "bench": {"throughput_per_s": 280.0,
-                                         "throughput_unit": "texts/s"}},
-              {"name": "lm", "bench": {"throughput_per_s": 3.0, "decode_tokens_per_s": 30.0}}]
-    (tmp_path / "metrics.json").write_text(json.dumps({"stages": stages}))
+def test_throughputs_come_from_every_measured_optimize_row(tmp_path):
+    rows = [{"name": "baseline", "status": "measured",
+             "bench": {"throughput_per_s": 70.0, "throughput_unit": "texts/s"}},
+            {"name": "int8", "status": "measured",
+             "bench": {"throughput_per_s": 280.0, "throughput_unit": "texts/s"}},
+            {"name": "late", "status": "skipped"},
+            {"name": "lm", "status": "measured",
+             "bench": {"throughput_per_s": 3.0, "decode_tokens_per_s": 30.0}}]
+    (tmp_path / "results.json").write_text(json.dumps(
+        {"baseline": rows[0], "peer": None, "candidates": rows[1:]}))
     found = throughputs_of_run(tmp_path)
     assert [(t.name, t.per_s) for t in found] == [("baseline", 70.0), ("int8", 280.0),
                                                   ("lm", 30.0)]

@@ -116,3 +116,15 @@ def test_dense_cache_keeps_the_dequantized_weight_and_is_saved():
     assert any(key.startswith("dense/") for key in cached[0]._cache)
     assert not plain[0]._cache
     assert bool(cached[0].state_dict()["keep_dense"])
+
+
+@pytest.mark.parametrize("width", [56, 1382])
+def test_widths_the_packed_kernel_cannot_take_run_dense(width):
+    """Structured pruning leaves FFN widths such as 56 or 1,382; PyTorch's packed int8 kernel
+    crashes the process on those with more than one row, so they must not reach it."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(width, 32)
+    layer = WeightOnlyInt8Linear.from_float(linear)
+    x = torch.randn(2, 8, width)
+    expected = torch.nn.functional.linear(x, layer.dequantized_weight(), linear.bias)
+    torch.testing.assert_close(layer(x), expected, rtol=1e-4, atol=1e-4)
