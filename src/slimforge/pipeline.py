@@ -273,7 +273,7 @@ def optimize(recipe: Recipe | str | Path | None = None, output_dir: str | None =
     baseline = _baseline_row(base, base_eval, rows, recipe)
     every = [baseline, *rows]
     front = pareto(every, recipe.objective)
-    chosen, reason = choose(rows, baseline, recipe.objective)
+    chosen, reason = choose(rows, baseline, recipe.objective, recipe.budget)
     results = _results(recipe, every, chosen, reason, front, base_eval, data_checks, prices)
     results["reproduce"] = f"slimforge optimize {run_path}/recipe.yaml --out {run_path}-again"
     plots = _plots(every, chosen["name"])

@@ -139,18 +139,25 @@ def pareto(rows: list[dict[str, Any]], objective: Objective) -> list[str]:
                        for q2, o2 in points.values())]
 
 
-def choose(rows: list[dict[str, Any]], baseline: dict[str, Any],
-           objective: Objective) -> tuple[dict[str, Any], str]:
+def choose(rows: list[dict[str, Any]], baseline: dict[str, Any], objective: Objective,
+           budget: Budget) -> tuple[dict[str, Any], str]:
     """The accepted candidate with the largest objective gain, and why; the baseline, and
-    why, when none was accepted."""
+    why, when none was accepted. Gains within the guard's margin of the best are a tie
+    (timing noise), and a tie goes to the candidate with fewer steps."""
     accepted = [r for r in rows if r.get("accepted") and r["kind"] == "candidate"]
     if not accepted:
         return baseline, ("no candidate kept quality within the budget and beat the baseline "
                           "by the guard's margin: the baseline is returned unchanged")
-    best = max(accepted, key=lambda r: r["gain"])
-    return best, (f"the largest {objective.metric} gain (x{best['gain']:.2f}, measured "
-                  f"against the baseline in the same run) of the {len(accepted)} candidate(s) "
-                  "within the budget")
+    top = max(r["gain"] for r in accepted)
+    tied = [r for r in accepted if r["gain"] * (1 + budget.min_gain) >= top]
+    best = min(tied, key=lambda r: (len(r["steps"]), -r["gain"]))
+    reason = (f"the largest {objective.metric} gain (x{best['gain']:.2f}, measured against the "
+              f"baseline in the same run) of the {len(accepted)} candidate(s) within the budget")
+    if best["gain"] < top:
+        reason = (f"{objective.metric} x{best['gain']:.2f} of the baseline, within the guard's "
+                  f"margin of the top gain (x{top:.2f}) with fewer steps, of the "
+                  f"{len(accepted)} candidate(s) within the budget")
+    return best, reason
 
 
 def relaxations(rows: list[dict[str, Any]], budget: Budget, limit: int = 3) -> list[str]:

@@ -93,7 +93,7 @@ def test_gain_comes_from_the_same_run_and_the_guard_wants_a_margin():
 def _row(name: str, cos: float, tput: float, accepted: bool = True, kind: str = "candidate",
          gain: float = 1.0) -> dict:
     return {"name": name, "kind": kind, "status": "measured", "accepted": accepted,
-            "gain": gain, "throughput_per_s": tput, "p50_ms": 1000 / tput, "p95_ms": 1.0,
+            "gain": gain, "steps": [{"step": "quantize"}], "throughput_per_s": tput, "p50_ms": 1000 / tput, "p95_ms": 1.0,
             "size_mb": 1.0, "quality": {"cosine_mean": {"value": cos, "low": cos - 0.002,
                                                         "high": cos + 0.002}}}
 
@@ -105,12 +105,24 @@ def test_pareto_front_and_choice():
             _row("peer", 0.993, 114.0, accepted=False, kind="peer", gain=1.5),
             {"name": "late", "kind": "candidate", "status": "skipped", "accepted": False}]
     assert set(pareto([base, *rows], Objective())) == {"baseline", "weights"}
-    chosen, reason = choose(rows, base, Objective())
+    chosen, reason = choose(rows, base, Objective(), Budget())
     assert chosen["name"] == "weights"
     assert "x3.90" in reason
-    fallback, why = choose([rows[2]], base, Objective())
+    fallback, why = choose([rows[2]], base, Objective(), Budget())
     assert fallback is base
     assert "returned unchanged" in why
+
+
+def test_a_gain_within_the_noise_margin_goes_to_fewer_steps():
+    base = _row("baseline", 1.0, 75.0, kind="baseline")
+    simple = {**_row("w8", 0.999, 290.0, gain=3.90), "steps": [{"step": "quantize"}]}
+    combo = {**_row("p+w8", 0.99, 300.0, gain=4.00),
+             "steps": [{"step": "prune_structured"}, {"step": "quantize"}]}
+    chosen, reason = choose([combo, simple], base, Objective(), Budget(min_gain=0.05))
+    assert chosen["name"] == "w8"
+    assert "fewer steps" in reason
+    clear_win = {**combo, "gain": 4.5}
+    assert choose([clear_win, simple], base, Objective(), Budget())[0]["name"] == "p+w8"
 
 
 def test_relaxations_name_the_setting_that_would_let_a_candidate_in():
