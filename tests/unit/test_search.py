@@ -93,7 +93,8 @@ def test_gain_comes_from_the_same_run_and_the_guard_wants_a_margin():
 def _row(name: str, cos: float, tput: float, accepted: bool = True, kind: str = "candidate",
          gain: float = 1.0) -> dict:
     return {"name": name, "kind": kind, "status": "measured", "accepted": accepted,
-            "gain": gain, "steps": [{"step": "quantize"}], "throughput_per_s": tput, "p50_ms": 1000 / tput, "p95_ms": 1.0,
+            "gain": gain, "steps": [{"step": "quantize"}], "throughput_per_s": tput,
+            "p50_ms": 1000 / tput, "p95_ms": 1.0,
             "size_mb": 1.0, "quality": {"cosine_mean": {"value": cos, "low": cos - 0.002,
                                                         "high": cos + 0.002}}}
 
