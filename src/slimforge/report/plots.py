@@ -42,7 +42,8 @@ AXES = {"latency": ("p50_ms", "p50 latency (ms), batch 1"), "size": ("size_mb", 
 def pareto_png(rows: list[dict], front: list[str], axis: str, chosen: str | None = None
                ) -> bytes | None:
     """Judged quality (each row's first quality metric) against latency or size, one point per
-    measured row, the Pareto front joined by a line; None with fewer than two points.
+    measurement (a row that reuses another's is not drawn twice), the Pareto front joined by a
+    line; None with fewer than two points.
 
     Args:
         rows: result rows (`results.json`): `name`, `kind`, `status`, `accepted`, `quality`
@@ -51,7 +52,7 @@ def pareto_png(rows: list[dict], front: list[str], axis: str, chosen: str | None
         axis: `latency` or `size`.
         chosen: the chosen row's name, drawn as a star.
     """
-    measured = [r for r in rows if r.get("status") == "measured"]
+    measured = [r for r in rows if r.get("status") == "measured" and not r.get("same_as")]
     if len(measured) < 2:
         return None
     key, label = AXES[axis]
