@@ -1,6 +1,7 @@
 """How float weights become integer codes, and the kernel cache quantized layers share.
 
-Owns: `int8_symmetric` (codes in [-127, 127] with one scale per row or per matrix), the
+Owns: `int8_symmetric` (codes in [-127, 127] with one scale per row or per matrix),
+`int4_groups` (4-bit codes with a scale and zero per group of columns), the
 int8-weight Linear state (`init_int8_linear`, `fill_int8_linear`), `torch_qweight` (the form
 PyTorch's int8 kernels pack) and `KernelCache` (a module
 base whose kernel-ready forms are rebuilt on demand and never saved, pickled or kept across a
@@ -28,6 +29,23 @@ def int8_symmetric(weight: torch.Tensor, per_row: bool = True) -> tuple[torch.Te
     scale = (amax / 127.0).clamp(min=1e-12)
     codes = torch.clamp(torch.round(weight / scale[:, None]), -127, 127).to(torch.int8)
     return codes, scale
+
+
+def int4_groups(weight: torch.Tensor, group_size: int
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric 4-bit codes of a 2-D float tensor, in groups of `group_size` columns: each
+    group's 16 levels span its min..max (the GGUF Q4_1 rule, so Q4_1 weights come back exact).
+
+    Returns:
+        (codes as uint8 `[rows, cols]` in 0..15, scales and zeros `[rows, cols / group_size]`
+        in float32, in the packed kernels' form: weight = (code - 8) * scale + zero).
+    """
+    rows, cols = weight.shape
+    grouped = weight.detach().float().cpu().reshape(rows, cols // group_size, group_size)
+    low, high = grouped.amin(-1), grouped.amax(-1)
+    scale = ((high - low) / 15.0).clamp(min=1e-8)
+    codes = torch.clamp(torch.round((grouped - low[..., None]) / scale[..., None]), 0, 15)
+    return codes.to(torch.uint8).reshape(rows, cols), scale, low + 8 * scale
 
 
 def init_int8_linear(module: nn.Module, in_features: int, out_features: int, bias: bool,

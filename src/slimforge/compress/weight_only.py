@@ -19,7 +19,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from slimforge.compress.codes import KernelCache, fill_int8_linear, init_int8_linear
+from slimforge.compress.codes import (
+    KernelCache,
+    fill_int8_linear,
+    init_int8_linear,
+    int4_groups,
+)
 
 DENSE_FROM_ROWS = 16
 PACKED_K_MULTIPLE = 16
@@ -115,14 +120,10 @@ class WeightOnlyInt4Linear(_WeightOnlyLinear):
         """Quantize each group to 16 levels spanning its min..max (asymmetric)."""
         n, k = linear.out_features, linear.in_features
         module = cls(k, n, linear.bias is not None, group_size)
-        weight = linear.weight.detach().float().cpu().reshape(n, k // group_size, group_size)
-        low, high = weight.amin(-1), weight.amax(-1)
-        scale = ((high - low) / 15.0).clamp(min=1e-8)
-        codes = torch.clamp(torch.round((weight - low[..., None]) / scale[..., None]), 0, 15)
-        codes = codes.to(torch.uint8).reshape(n, k)
+        codes, scale, zero = int4_groups(linear.weight, group_size)
         module.weight_int4x2.copy_(codes[:, 0::2] | (codes[:, 1::2] << 4))
         module.weight_scale.copy_(scale)
-        module.weight_zero.copy_(low + 8 * scale)  # the kernel's form: (code - 8) * s + zero
+        module.weight_zero.copy_(zero)
         if linear.bias is not None:
             module.bias.copy_(linear.bias.detach())
         return module

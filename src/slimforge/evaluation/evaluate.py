@@ -15,6 +15,7 @@ artifact's `base_spec`); a plain model with no reference gets retrieval only, an
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,6 +134,28 @@ def _embedding(loaded: LoadedModel, data: str, reference: Any, config: EvalConfi
 
 
 @torch.inference_mode()
+def window_losses(ids: torch.Tensor, logits_of: Callable[[torch.Tensor], torch.Tensor],
+                  window: int, stride: int) -> tuple[list[float], list[float]]:
+    """Summed negative log-likelihood and token count per strided window of `ids`, each
+    token scored once (later windows score only tokens no earlier one did, with the rest as
+    context). `logits_of` maps a 1-D chunk of ids to its logits `[len, vocab]`, so any engine
+    (transformers, slimforge.generate, ...) is scored by the same rule."""
+    nll, scored, end = [], [], 0
+    for begin in track(range(0, len(ids) - 1, stride), "perplexity windows"):
+        stop = min(begin + window, len(ids))
+        chunk = ids[begin:stop]
+        logits = logits_of(chunk)[:-1].float()
+        losses = torch.nn.functional.cross_entropy(logits, chunk[1:].to(logits.device),
+                                                   reduction="none")
+        fresh = losses[-(stop - max(end, begin + 1)) :]  # tokens no earlier window scored
+        nll.append(float(fresh.sum()))
+        scored.append(float(len(fresh)))
+        end = stop
+        if stop == len(ids):
+            break
+    return nll, scored
+
+
 def _causal_lm(loaded: LoadedModel, data: str, config: EvalConfig) -> EvalResult:
     if config.stride > config.window:
         raise SlimforgeError(f"stride {config.stride} is larger than window {config.window}.",
@@ -141,18 +164,10 @@ def _causal_lm(loaded: LoadedModel, data: str, config: EvalConfig) -> EvalResult
     ids = loaded.tokenizer(text, return_tensors="pt").input_ids[0][: config.max_tokens]
     if len(ids) < 2:
         raise DataError(f"{data} gave fewer than 2 tokens.", "use more text.")
-    nll, scored, end = [], [], 0
-    for begin in track(range(0, len(ids) - 1, config.stride), "perplexity windows"):
-        stop = min(begin + config.window, len(ids))
-        chunk = ids[begin:stop].unsqueeze(0).to(loaded.device)
-        logits = loaded.model(input_ids=chunk).logits[0, :-1].float()
-        losses = torch.nn.functional.cross_entropy(logits, chunk[0, 1:], reduction="none")
-        fresh = losses[-(stop - max(end, begin + 1)) :]  # tokens no earlier window scored
-        nll.append(float(fresh.sum()))
-        scored.append(float(len(fresh)))
-        end = stop
-        if stop == len(ids):
-            break
+    def logits_of(chunk: torch.Tensor) -> torch.Tensor:
+        return loaded.model(input_ids=chunk[None].to(loaded.device)).logits[0]
+
+    nll, scored = window_losses(ids, logits_of, config.window, config.stride)
     value = metrics.perplexity(sum(nll), int(sum(scored)))
     if not math.isfinite(value):
         raise SlimforgeError(f"Perplexity of {loaded.spec} is {value}: the model outputs "
