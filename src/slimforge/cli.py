@@ -496,6 +496,8 @@ def serve(
     max_body_bytes: int = typer.Option(None, help="largest request body; beyond: 413"),
     max_tokens: int = typer.Option(None, help="generation: cap on max_tokens; beyond: 422"),
     request_timeout_s: float = typer.Option(None, help="answer within this or 504"),
+    engine: str = typer.Option(None, help="generation: auto (slimforge's compiled engine for "
+                               "Llama-style models on CPU), eager, or transformers"),
     drain_timeout_s: float = typer.Option(None, help="on SIGTERM, time to finish requests"),
     batch_workers: int = typer.Option(None, help="batches computed at once (default: one per "
                                       "core on a CPU, up to 8)"),
@@ -531,7 +533,7 @@ def serve(
             **_options(model_name=model_name, max_inputs=max_inputs,
                        max_input_tokens=max_input_tokens, truncate=truncate,
                        max_body_bytes=max_body_bytes, max_tokens=max_tokens,
-                       request_timeout_s=request_timeout_s,
+                       request_timeout_s=request_timeout_s, engine=engine,
                        drain_timeout_s=drain_timeout_s))
     except ValidationError as exc:
         problems = validation_problems(exc)

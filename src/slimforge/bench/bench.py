@@ -5,7 +5,9 @@ Owns: `BenchConfig`, `BenchResult`, `benchmark`. What is timed, per task:
   tokens of real text (latency), and at `batch_size` x `seq_len` tokens (throughput, texts/s);
 - causal LMs: each greedy decode step with a KV cache at batch 1 after a `latency_seq_len`
   prompt (latency, decode tokens/s), a `prefill_len` prompt (prefill tokens/s), and decode
-  steps at `batch_size` (throughput, tokens/s);
+  steps at `batch_size` (throughput, tokens/s), through slimforge's generation engine where it
+  runs the model (`BenchConfig.engine`; its compile time is reported, not timed), else
+  through transformers;
 - plain modules: forward on their `example_inputs(batch_size)`.
 Every measurement warms up first and synchronizes CUDA. When an anchor is named, the two
 models are measured in alternating rounds in this process, so drift on a noisy machine hits
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,6 +27,7 @@ from slimforge.bench import measure
 from slimforge.bench.resources import ResourceSampler
 from slimforge.data.sources import STDLIB_DOCS, load_texts
 from slimforge.errors import SlimforgeError
+from slimforge.generate import Engine, SamplingParams, format_of, unsupported_reason
 from slimforge.models.load import load_model
 from slimforge.models.tasks import LoadedModel, tokenize
 from slimforge.progress import track
@@ -56,6 +59,10 @@ class BenchConfig(BaseModel):
     """With an anchor: alternating rounds, each with a share of the repeats."""
     throughput_repeats: int = Field(8, ge=1)
     """Timed calls of the throughput batch (and of the prefill), shared over the rounds."""
+    engine: Literal["auto", "eager", "transformers"] = "auto"
+    """Causal LMs: `auto` times slimforge's generation engine (compiled decode step, static
+    cache, packed weight-only kernels) where it runs the model (Llama-style, on the CPU),
+    `eager` that engine uncompiled, `transformers` the model's own forward with its cache."""
 
 
 @dataclass
@@ -80,6 +87,10 @@ class BenchResult:
     prefill_tokens_per_s: float | None = None
     decode_tokens_per_s: float | None = None
     cuda_peak_mb: float | None = None
+    engine: str | None = None
+    """Causal LMs: what generated (`slimforge int4, compiled` or `transformers ...`)."""
+    compile_s: float | None = None
+    """Causal LMs: seconds compiling the engine's decode steps (paid once, not timed)."""
     resources: dict[str, Any] = field(default_factory=dict)
     """CPU %, RSS and (where NVML answers) GPU utilisation, memory and energy, sampled every
     0.1 s while measuring (`bench/resources.py`)."""
@@ -106,6 +117,8 @@ class _Plan:
     latency: Call
     throughput: Call
     prefill: Call | None
+    engine: str | None = None
+    compile_s: float | None = None
     samples: dict[str, list[float]] = field(default_factory=dict)
     resources: ResourceSampler = field(default_factory=ResourceSampler)  # every round's samples
     peak_rss: float = 0.0
@@ -151,11 +164,62 @@ def _decode(loaded: LoadedModel, batch: int, prompt: int, steps: int) -> Call:
     return run
 
 
+def _engine_decode(engine: Engine, prompts: list[list[int]], steps: int) -> Call:
+    """A call that prefills `prompts` (one per slot) and takes a first step untimed, then
+    times `steps` decode steps of the engine, all sequences together."""
+    import time
+
+    params = SamplingParams(max_new_tokens=steps + 2, ignore_eos=True)
+    step_ms: list[float] = []
+
+    def run() -> list[float]:
+        step_ms.clear()
+        for prompt in prompts:
+            engine.submit(prompt, params)
+        engine.step()
+        for _ in range(steps):
+            start = time.perf_counter()
+            engine.step()
+            step_ms.append((time.perf_counter() - start) * 1000.0)
+        while engine.busy:
+            engine.step()
+        return step_ms
+
+    return run
+
+
+def _engine_plan(loaded: LoadedModel, config: BenchConfig) -> _Plan | None:
+    """The causal-LM plan through slimforge's engine, or None where it does not run."""
+    if config.engine == "transformers" or loaded.device.type != "cpu" or \
+            unsupported_reason(loaded.model) is not None:
+        return None
+    fmt, compiled = format_of(loaded.model), config.engine == "auto"
+    longest = max(config.prefill_len, config.latency_seq_len + config.decode_tokens + 2) + 1
+    ids = tokenize(loaded, _texts(config.batch_size), config.latency_seq_len,
+                   pad_to_max=True)["input_ids"].tolist()
+    one = Engine(loaded.model, loaded.tokenizer, fmt, slots=1, max_len=longest,
+                 compile=compiled)
+    wide = Engine(loaded.model, loaded.tokenizer, fmt, slots=config.batch_size,
+                  max_len=config.latency_seq_len + 8, compile=compiled)
+    compile_s = sum(filter(None, (one.warmup(), wide.warmup())))
+    prefill_ids = tokenize(loaded, _texts(1), config.prefill_len, pad_to_max=True)["input_ids"]
+    fallback = one.fallback or wide.fallback
+    return _Plan(loaded, _engine_decode(one, ids[:1], config.decode_tokens),
+                 _engine_decode(wide, ids, 4), lambda: one.score(prefill_ids[0], last_only=True),
+                 engine=f"slimforge {fmt}, " + (f"eager ({fallback})" if fallback else
+                                                "compiled"),
+                 compile_s=compile_s if not fallback else None)
+
+
 def _plan(loaded: LoadedModel, config: BenchConfig) -> _Plan:
     if loaded.task == "causal-lm":
+        through_engine = _engine_plan(loaded, config)
+        if through_engine is not None:
+            return through_engine
         prefill = _forward(loaded, 1, config.prefill_len)
         return _Plan(loaded, _decode(loaded, 1, config.latency_seq_len, config.decode_tokens),
-                     _decode(loaded, config.batch_size, config.latency_seq_len, 4), prefill)
+                     _decode(loaded, config.batch_size, config.latency_seq_len, 4), prefill,
+                     engine="transformers, eager")
     return _Plan(loaded, _forward(loaded, 1, config.latency_seq_len),
                  _forward(loaded, config.batch_size, config.seq_len), None)
 
@@ -215,6 +279,7 @@ def _result(plan: _Plan, config: BenchConfig, threads: int, device: str) -> Benc
         resources=plan.resources.summary(), latency_samples_ms=[round(x, 4) for x in lat],
     )
     if causal:
+        result.engine, result.compile_s = plan.engine, plan.compile_s
         result.decode_tokens_per_s = 1000.0 / (sum(lat) / len(lat))
         result.prefill_tokens_per_s = (config.prefill_len * 1000.0
                                        / measure.percentile(plan.samples["prefill"], 50))

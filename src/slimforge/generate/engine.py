@@ -118,7 +118,9 @@ class Engine:
         self.tokenizer = tokenizer
         self.eos = _eos_ids(model, tokenizer)
         self.slots, self.max_len = slots, min(max_len, self.weights.max_positions)
-        self.cache = KVCache.allocate(self.weights, slots, self.max_len, self.device)
+        # One spare position: a span never equals the cache's length, which the compiler
+        # would otherwise specialise on.
+        self.cache = KVCache.allocate(self.weights, slots, self.max_len + 1, self.device)
         self.spans = _spans(self.max_len)
         self.compile_seconds: float | None = None  # the first (compiling) call's time
         self.fallback: str | None = None if compile else "compile=False"
@@ -144,7 +146,7 @@ class Engine:
     def _run_step(self, tokens: torch.Tensor, positions: torch.Tensor, span: int
                   ) -> torch.Tensor:
         visible = self._visible(positions, span)
-        if self.fallback is not None or self.compile_seconds is not None:
+        if self.fallback is not None:
             return self._step_fn(self.weights, self.cache, tokens, positions, visible)
         start = time.perf_counter()
         try:
@@ -157,15 +159,16 @@ class Engine:
         except Exception as exc:  # inductor or a kernel missing: decode eagerly, say why
             self.fallback = f"compile failed ({type(exc).__name__}: {str(exc)[:200]})"
             log.warning("slimforge.generate: %s; decoding eagerly", self.fallback)
-            self._step_fn = _eager_step
+            self._step_fn = _eager_step  # rewriting this step's cache entries is harmless
             return self._step_fn(self.weights, self.cache, tokens, positions, visible)
-        self.compile_seconds = time.perf_counter() - start
+        if self.compile_seconds is None:
+            self.compile_seconds = time.perf_counter() - start
         return logits
 
     def _visible(self, positions: torch.Tensor, span: int) -> torch.Tensor:
         visible = visible_mask(positions, span)
         if self.fallback is None:
-            torch._dynamo.mark_dynamic(visible, 1)  # one graph for every span
+            torch._dynamo.maybe_mark_dynamic(visible, 1)  # one graph for every span
         return visible
 
     def warmup(self) -> float | None:
@@ -319,16 +322,18 @@ class Engine:
     # -- scoring ------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def score(self, tokens: list[int] | torch.Tensor) -> torch.Tensor:
-        """Float32 logits `[T, vocab]` for every position of `tokens` (perplexity), through
-        the same weights as decoding; uses slot 0's cache, so call it between requests."""
+    def score(self, tokens: list[int] | torch.Tensor, last_only: bool = False
+              ) -> torch.Tensor:
+        """Float32 logits `[T, vocab]` for every position of `tokens` (perplexity), or of the
+        last one `[vocab]` (a prompt's prefill), through the same weights as decoding; uses
+        slot 0's cache, so call it between requests."""
         if self.busy:
             raise GenerationError("score() needs an idle engine.", "finish the requests first.")
         ids = torch.as_tensor(tokens, dtype=torch.long, device=self.device)
         if ids.numel() > self.max_len:
             raise GenerationError(f"{ids.numel()} tokens do not fit max_len {self.max_len}.",
                                   "score shorter windows or raise max_len.")
-        return prefill(self.weights, self.cache, 0, ids, all_logits=True)
+        return prefill(self.weights, self.cache, 0, ids, all_logits=not last_only)
 
     def _encode(self, text: str) -> list[int]:
         if self.tokenizer is None:

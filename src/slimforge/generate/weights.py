@@ -122,6 +122,17 @@ class DecoderWeights:
         return total
 
 
+def format_of(model: nn.Module) -> str:
+    """The format that computes what `model` computes: its weight-only int4/int8 codes
+    where slimforge quantized it (group 32 for int4), else its float dtype."""
+    kinds = {type(m) for m in model.modules()}
+    if WeightOnlyInt4Linear in kinds:
+        return "int4"
+    if WeightOnlyInt8Linear in kinds:
+        return "int8"
+    return "bf16" if next(model.parameters()).dtype == torch.bfloat16 else "fp32"
+
+
 def unsupported_reason(model: nn.Module) -> str | None:
     """Why the engine cannot run `model` (None when it can): it runs Llama-style decoders
     (RMSNorm, rotary positions, grouped-query attention, SiLU-gated MLP) with full attention."""

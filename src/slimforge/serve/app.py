@@ -71,6 +71,10 @@ class ServeConfig(BaseModel):
     """Cut inputs longer than `max_input_tokens` instead of refusing them."""
     max_tokens: int = Field(256, ge=1)
     """Generation: the cap on `max_tokens` a request may ask for."""
+    engine: Literal["auto", "eager", "transformers"] = "auto"
+    """Generation: `auto` decodes Llama-style models on the CPU with slimforge's compiled
+    engine (others with transformers), `eager` runs that engine uncompiled, `transformers`
+    always uses the model's own forward."""
     request_timeout_s: float = Field(30.0, gt=0)
     """A request not answered by then gets 504."""
     drain_timeout_s: float = Field(30.0, ge=0)
@@ -145,7 +149,8 @@ class _Server:
         self.batcher = DynamicBatcher(self.runner, config.batch, self.metrics.observe_batch)
         self.ready = False
         self.generator = (Generator(loaded, self.metrics, config.batch.max_queue,
-                                    config.batch.max_batch_size)
+                                    config.batch.max_batch_size, engine=config.engine,
+                                    max_len=config.max_input_tokens + config.max_tokens)
                           if loaded.task == "causal-lm" else None)
 
     async def token_ids(self, texts: list[str]) -> list[list[int]]:
@@ -431,6 +436,10 @@ def create_app(loaded: LoadedModel, config: ServeConfig | None = None,
             cost = await asyncio.to_thread(server.runner.calibrate)
             log.info("warmed up with %d calls; one call costs as much as %.0f tokens of "
                      "compute", calls, cost)
+        if server.generator is not None:
+            seconds = await asyncio.to_thread(server.generator.warm_up)
+            log.info("generation: %s%s", server.generator.engine_note,
+                     f", decode step compiled in {seconds:.1f} s" if seconds else "")
         server.batcher.start()
         server.ready = True
         yield

@@ -9,7 +9,9 @@ the batch, and from then on it decodes with the others; a sequence that ends (en
 sequence gets its own position ids, so a sequence's tokens do not depend on its batch-mates
 beyond float rounding. On a CPU one decode step reads every weight once whatever the batch
 size, so sequences decoded together cost little more than one. Models whose cache is not
-plain full attention (sliding windows) decode one request at a time.
+plain full attention (sliding windows) decode one request at a time. A Llama-style model on
+the CPU takes `slimforge.generate.Engine` instead (its compiled step over a static cache, the
+same joining and leaving between steps), unless the server is told `--engine transformers`.
 
 Up to `max_running` sequences decode at once; up to `max_waiting` more wait, beyond that the
 server answers 429. Each request's tokens are pushed to its own asyncio queue as they are
@@ -20,6 +22,7 @@ time between tokens go to the metrics.
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
 import time
@@ -31,8 +34,11 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from slimforge.generate import Engine, SamplingParams, format_of, unsupported_reason
 from slimforge.models.tasks import LoadedModel
 from slimforge.serve.metrics import ServerMetrics
+
+log = logging.getLogger("slimforge.serve")
 
 Emit = Callable[[tuple[str, Any]], None]
 """Sends one event to the request's stream: ("token", id), ("stop" | "length" | "timeout",
@@ -144,22 +150,115 @@ class _Batch:
 
 
 class Generator:
-    """Decodes many requests at once on one thread and streams each one's text."""
+    """Decodes many requests at once on one thread and streams each one's text.
+
+    With `engine` `auto` (or `compiled`), a Llama-style model on the CPU decodes through
+    `slimforge.generate.Engine` (static cache, compiled step, packed weight-only kernels;
+    `max_running` slots of `max_len` tokens), compiled by `warm_up` before the server says
+    it is ready; `eager` runs that engine uncompiled; `transformers`, and any other model,
+    use the model's own forward with a growing cache.
+    """
 
     def __init__(self, loaded: LoadedModel, metrics: ServerMetrics, max_waiting: int,
-                 max_running: int = 16) -> None:
+                 max_running: int = 16, engine: str = "transformers",
+                 max_len: int = 1024) -> None:
         self.loaded, self.metrics = loaded, metrics
         self.max_waiting, self.max_running = max_waiting, max_running
         self.eos = {loaded.tokenizer.eos_token_id} - {None}
+        self.engine: Engine | None = None
+        self.engine_note = "transformers (asked for)"
+        if engine != "transformers":
+            reason = unsupported_reason(loaded.model)
+            if reason is None and loaded.device.type != "cpu":
+                reason = "the engine's fast path is measured on CPU only so far"
+            if reason is None:
+                self.engine = Engine(loaded.model, loaded.tokenizer,
+                                     format_of(loaded.model), slots=max_running,
+                                     max_len=max_len, compile=engine != "eager")
+                self.engine_note = f"slimforge engine, {self.engine.weights.format}"
+            else:
+                self.engine_note = f"transformers ({reason})"
+                log.info("generation: %s", self.engine_note)
         self._incoming: queue.SimpleQueue[_Sequence] = queue.SimpleQueue()
         self._waiting = 0
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._abort = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="slimforge-decode", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run if self.engine is None else self._run_engine,
+            name="slimforge-decode", daemon=True)
         self._thread.start()
 
-    # -- the decode thread -------------------------------------------------------------
+    def warm_up(self) -> float | None:
+        """Compile the engine's decode step (seconds taken; None without one, or eager)."""
+        if self.engine is None:
+            return None
+        return self.engine.warmup()
+
+    # -- the decode thread, through the engine -------------------------------------------
+
+    def _run_engine(self) -> None:
+        assert self.engine is not None
+        live: dict[int, _Sequence] = {}  # engine request id -> sequence
+        while not self._abort.is_set():
+            self._admit_engine(live)
+            if not live:
+                if self._closing.is_set() and self._incoming.empty():
+                    return
+                continue
+            self._engine_step(live)
+        for request, sequence in live.items():
+            self.engine.cancel(request)
+            self._finish(sequence, "error", GeneratorClosedError())
+        while not self._incoming.empty():
+            self._finish(self._incoming.get(), "error", GeneratorClosedError())
+
+    def _engine_step(self, live: dict[int, _Sequence]) -> None:
+        """Drop requests past their deadline or abandoned, then advance the rest a token."""
+        assert self.engine is not None
+        now = time.monotonic()
+        for request, sequence in list(live.items()):
+            if sequence.cancelled or now > sequence.deadline:
+                self.engine.cancel(request)
+                del live[request]
+                if not sequence.cancelled:
+                    self._finish(sequence, "timeout")
+        try:
+            completions = self.engine.step()
+        except Exception as exc:  # fails the running requests, not the server
+            for request, sequence in live.items():
+                self.engine.cancel(request)
+                self._finish(sequence, "error", exc)
+            live.clear()
+            return
+        for completion in completions:
+            reason = "stop" if completion.finish_reason == "stop" else "length"
+            self._finish(live.pop(completion.request), reason)
+
+    def _admit_engine(self, live: dict[int, _Sequence]) -> None:
+        """Hand waiting requests to the engine (it prefills them at its next step)."""
+        assert self.engine is not None
+        while True:
+            try:
+                sequence = self._incoming.get(timeout=0.05) if not live else \
+                    self._incoming.get_nowait()
+            except queue.Empty:
+                return
+            with self._lock:
+                self._waiting -= 1
+            request = sequence.request
+            try:
+                params = SamplingParams(max_new_tokens=request.max_tokens,
+                                        temperature=request.temperature, top_p=request.top_p,
+                                        seed=request.seed)
+                emit = sequence.emit
+                live[self.engine.submit(request.prompt_ids, params,
+                                        lambda event, emit=emit: emit(("token", event.token)))
+                     ] = sequence
+            except Exception as exc:
+                self._finish(sequence, "error", exc)
+
+    # -- the decode thread, through transformers -------------------------------------------
 
     def _run(self) -> None:
         batch = _Batch(self.loaded.model.config)

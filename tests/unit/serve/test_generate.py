@@ -128,3 +128,48 @@ def test_a_reader_that_goes_away_stops_its_decode(generator, tiny_llama):
     after_close, later = asyncio.run(go())
     assert later == after_close  # no decode step since
     assert later < 1000  # far from the 100,000 asked for
+
+
+@pytest.fixture
+def engine_generator(tiny_llama):
+    made = Generator(tiny_llama, ServerMetrics({"spec": "t"}), max_waiting=16, max_running=4,
+                     engine="eager", max_len=512)
+    yield made
+    made.close(5)
+
+
+def test_the_engine_path_gives_transformers_tokens_alone_and_together(engine_generator,
+                                                                      tiny_llama):
+    assert engine_generator.engine_note == "slimforge engine, fp32"
+    engine_generator.engine.eos = set()
+    reference = Generator(tiny_llama, ServerMetrics({"spec": "t"}), max_waiting=16)
+    reference.eos = set()
+    tok = tiny_llama.tokenizer
+    requests = [GenerationRequest(tok(p)["input_ids"], max_tokens=n)
+                for p, n in (("Hello there", 200), ("A much longer prompt", 12), ("Hi", 30))]
+
+    async def alone(generator):
+        return [await _tokens(generator, r) for r in requests]
+
+    async def together():
+        return await asyncio.gather(*(_tokens(engine_generator, r, delay=0.01 * i)
+                                      for i, r in enumerate(requests)))
+
+    try:
+        expected = asyncio.run(alone(reference))
+    finally:
+        reference.close(5)
+    assert asyncio.run(alone(engine_generator)) == expected
+    assert asyncio.run(together()) == expected
+
+
+def test_the_engine_path_times_out_and_frees_the_slot(engine_generator, tiny_llama):
+    engine_generator.engine.eos = set()
+    ids = tiny_llama.tokenizer("Hello")["input_ids"]
+    _, (reason, _) = asyncio.run(_tokens(engine_generator,
+                                         GenerationRequest(ids, max_tokens=400, timeout_s=0.05)))
+    assert reason == "timeout"
+    _, (reason, count) = asyncio.run(_tokens(engine_generator,
+                                             GenerationRequest(ids, max_tokens=5)))
+    assert (reason, count) == ("length", 5)
+    assert not engine_generator.engine.busy
