@@ -201,6 +201,8 @@ def bench(
     threads: int = typer.Option(None, help="intra-op threads"),
     rounds: int = typer.Option(None, help="with --anchor: alternating rounds"),
     throughput_repeats: int = typer.Option(None, help="timed calls of the throughput batch"),
+    engine: str = typer.Option(None, help="causal LM: auto (slimforge's compiled engine where "
+                               "it runs the model), eager, or transformers"),
     output_dir: str = typer.Option("runs", help="where the run folder goes"),
 ) -> None:
     """Measure latency p50/p95/p99, throughput, peak memory, size and parameters."""
@@ -213,7 +215,7 @@ def bench(
     config = BenchConfig(**_options(
         warmup=warmup, repeats=repeats, batch_size=batch_size, seq_len=seq_len,
         latency_seq_len=latency_seq_len, prefill_len=prefill_len, decode_tokens=decode_tokens,
-        threads=threads, rounds=rounds, throughput_repeats=throughput_repeats))
+        threads=threads, rounds=rounds, throughput_repeats=throughput_repeats, engine=engine))
     result = run_benchmark(load_model(spec, task=task), config, anchor).to_json()
     report = bench_report(result)
     Console().print(report, markup=False, highlight=False)
@@ -498,6 +500,8 @@ def serve(
     request_timeout_s: float = typer.Option(None, help="answer within this or 504"),
     engine: str = typer.Option(None, help="generation: auto (slimforge's compiled engine for "
                                "Llama-style models on CPU), eager, or transformers"),
+    max_context: int = typer.Option(None, help="generation: tokens per sequence (engine KV "
+                                    "cache length)"),
     drain_timeout_s: float = typer.Option(None, help="on SIGTERM, time to finish requests"),
     batch_workers: int = typer.Option(None, help="batches computed at once (default: one per "
                                       "core on a CPU, up to 8)"),
@@ -534,6 +538,7 @@ def serve(
                        max_input_tokens=max_input_tokens, truncate=truncate,
                        max_body_bytes=max_body_bytes, max_tokens=max_tokens,
                        request_timeout_s=request_timeout_s, engine=engine,
+                       max_context=max_context,
                        drain_timeout_s=drain_timeout_s))
     except ValidationError as exc:
         problems = validation_problems(exc)

@@ -269,8 +269,17 @@ def bench_report(result: dict[str, Any]) -> str:
     return "\n".join([f"# slimforge bench: {result['spec']}", "",
                       *_context(result["threads"]),
                       f"- Latency: {result['latency_shape']}; throughput: "
-                      f"{result['throughput_shape']} ({result['throughput_unit']})", "",
-                      _table(header, rows), ""])
+                      f"{result['throughput_shape']} ({result['throughput_unit']})",
+                      *_engine_lines(result), "", _table(header, rows), ""])
+
+
+def _engine_lines(result: dict[str, Any]) -> list[str]:
+    """Causal LMs: what generated, and what compiling it cost (not in the timings)."""
+    if "engine" not in result:
+        return []
+    compiled = (f"; compiled in {result['compile_s']:.1f} s before timing"
+                if result.get("compile_s") else "")
+    return [f"- Generation: {result['engine']}{compiled}"]
 
 
 def eval_report(result: dict[str, Any]) -> str:

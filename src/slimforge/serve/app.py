@@ -75,6 +75,9 @@ class ServeConfig(BaseModel):
     """Generation: `auto` decodes Llama-style models on the CPU with slimforge's compiled
     engine (others with transformers), `eager` runs that engine uncompiled, `transformers`
     always uses the model's own forward."""
+    max_context: int = Field(1024, ge=2)
+    """Generation through slimforge's engine: tokens per sequence, prompt and output (capped
+    at the model's context); the KV cache holds `max_batch_size` sequences of this length."""
     request_timeout_s: float = Field(30.0, gt=0)
     """A request not answered by then gets 504."""
     drain_timeout_s: float = Field(30.0, ge=0)
@@ -150,7 +153,7 @@ class _Server:
         self.ready = False
         self.generator = (Generator(loaded, self.metrics, config.batch.max_queue,
                                     config.batch.max_batch_size, engine=config.engine,
-                                    max_len=config.max_input_tokens + config.max_tokens)
+                                    max_len=config.max_context)
                           if loaded.task == "causal-lm" else None)
 
     async def token_ids(self, texts: list[str]) -> list[list[int]]:
@@ -269,11 +272,12 @@ class _Server:
                            f"{self.config.max_tokens}.", "invalid_request_error",
                            "max_tokens_too_large")
         ids = self.loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        context = getattr(getattr(self.loaded.model, "config", None),
-                          "max_position_embeddings", None) or 2048
+        assert self.generator is not None
+        context = self.generator.context
         if len(ids) + max_tokens > context:
             raise ApiError(422, f"The prompt has {len(ids)} tokens; with max_tokens "
-                           f"{max_tokens} that is over the model's context of {context}.",
+                           f"{max_tokens} that is over this server's context of {context} "
+                           "(the model's, or --max-context).",
                            "invalid_request_error", "input_too_long")
         self.metrics.tokens_in.inc(len(ids))
         return ids

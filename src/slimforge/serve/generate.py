@@ -167,6 +167,8 @@ class Generator:
         self.eos = {loaded.tokenizer.eos_token_id} - {None}
         self.engine: Engine | None = None
         self.engine_note = "transformers (asked for)"
+        self.context = getattr(loaded.model.config, "max_position_embeddings", None) or 2048
+        """Most tokens a sequence may hold, prompt included."""
         if engine != "transformers":
             reason = unsupported_reason(loaded.model)
             if reason is None and loaded.device.type != "cpu":
@@ -175,7 +177,10 @@ class Generator:
                 self.engine = Engine(loaded.model, loaded.tokenizer,
                                      format_of(loaded.model), slots=max_running,
                                      max_len=max_len, compile=engine != "eager")
-                self.engine_note = f"slimforge engine, {self.engine.weights.format}"
+                self.context = self.engine.max_len
+                self.engine_note = (f"slimforge engine, {self.engine.weights.format}, "
+                                    f"{max_running} x {self.engine.max_len} tokens of KV cache "
+                                    f"({self.engine.cache.nbytes() / 1e6:.0f} MB)")
             else:
                 self.engine_note = f"transformers ({reason})"
                 log.info("generation: %s", self.engine_note)

@@ -140,7 +140,8 @@ def engine_generator(tiny_llama):
 
 def test_the_engine_path_gives_transformers_tokens_alone_and_together(engine_generator,
                                                                       tiny_llama):
-    assert engine_generator.engine_note == "slimforge engine, fp32"
+    assert engine_generator.engine_note.startswith("slimforge engine, fp32, 4 x 512 tokens")
+    assert engine_generator.context == 512
     engine_generator.engine.eos = set()
     reference = Generator(tiny_llama, ServerMetrics({"spec": "t"}), max_waiting=16)
     reference.eos = set()
