@@ -194,12 +194,13 @@ def main() -> None:
     gguf = smollm2_gguf()
     llama = None if args.no_llamacpp else LlamaCpp(gguf)
 
-    engines, compile_s, ppl, notes = {}, {}, {}, {}
+    engines, compile_s, ppl, notes, weight_mb = {}, {}, {}, {}, {}
     for fmt in ("fp32", "bf16", "int8", "int4"):
         engine = Engine(model, tokenizer, format=fmt, slots=1, max_len=1024)
         compile_s[f"slimforge-{fmt}"] = engine.warmup()
         engines[f"slimforge-{fmt}"] = engine
         ppl[f"slimforge-{fmt}"] = perplexity(engine.score, text_ids, 1024)
+        weight_mb[f"slimforge-{fmt}"] = engine.weights.decode_bytes() / 1e6
         notes[f"slimforge-{fmt}"] = engine.weights.notes + (
             [f"fallback: {engine.fallback}"] if engine.fallback else [])
     if llama is not None:  # the same windows, scored by llama.cpp's own logits
@@ -263,6 +264,7 @@ def main() -> None:
         "prefill_vs_llamacpp": (statistics.median(prefill_llama) / statistics.median(
             prefill_ours)) if prefill_llama else None,
         "compile_seconds": compile_s,
+        "weight_mb_read_per_token": weight_mb,
         "batch8_tokens_per_s": batch8,
         "batch1_tokens_per_s": {name: median[name] for name in batch8},
         "notes": notes,

@@ -151,10 +151,13 @@ class Engine:
         start = time.perf_counter()
         try:
             # Only the span is symbolic: dynamo must not generalise the slot count or
-            # weight shapes it sees change between engines. bf16 values are rounded where
-            # eager rounds them, so compiled greedy decoding follows eager's.
+            # weight shapes it sees change between engines. Float formats round bf16 values
+            # where eager rounds them, so compiled greedy decoding follows eager's; the
+            # quantized formats, whose contract is a perplexity floor, skip that emulation
+            # (it costs ~20% of int4 decode speed: 82 vs 98 tokens/s measured).
+            emulate = self.weights.format in ("fp32", "bf16")
             with torch._dynamo.config.patch(automatic_dynamic_shapes=False), \
-                    torch._inductor.config.patch(emulate_precision_casts=True):
+                    torch._inductor.config.patch(emulate_precision_casts=emulate):
                 logits = self._step_fn(self.weights, self.cache, tokens, positions, visible)
         except Exception as exc:  # inductor or a kernel missing: decode eagerly, say why
             self.fallback = f"compile failed ({type(exc).__name__}: {str(exc)[:200]})"

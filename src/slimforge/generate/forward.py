@@ -36,10 +36,6 @@ class KVCache:
                     for _ in weights.layers]
         return cls(make(), make())
 
-    @property
-    def max_len(self) -> int:
-        return self.keys[0].shape[2]
-
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
 
