@@ -243,7 +243,7 @@ class Generator:
     def _admit_engine(self, live: dict[int, _Sequence]) -> None:
         """Hand waiting requests to the engine (it prefills them at its next step)."""
         assert self.engine is not None
-        while True:
+        while len(live) < self.max_running:  # the rest wait here, counted for the 429 bound
             try:
                 sequence = self._incoming.get(timeout=0.05) if not live else \
                     self._incoming.get_nowait()

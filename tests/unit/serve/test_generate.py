@@ -8,7 +8,12 @@ import time
 
 import pytest
 
-from slimforge.serve.generate import GenerationRequest, Generator, GeneratorClosedError
+from slimforge.serve.generate import (
+    GenerationRequest,
+    Generator,
+    GeneratorBusyError,
+    GeneratorClosedError,
+)
 from slimforge.serve.metrics import ServerMetrics
 
 
@@ -174,3 +179,26 @@ def test_the_engine_path_times_out_and_frees_the_slot(engine_generator, tiny_lla
                                              GenerationRequest(ids, max_tokens=5)))
     assert (reason, count) == ("length", 5)
     assert not engine_generator.engine.busy
+
+
+def test_the_engine_path_keeps_requests_beyond_its_slots_counted_as_waiting(tiny_llama):
+    made = Generator(tiny_llama, ServerMetrics({"spec": "t"}), max_waiting=1, max_running=1,
+                     engine="eager", max_len=512)
+    made.engine.eos = set()
+    ids = tiny_llama.tokenizer("Hello")["input_ids"]
+
+    async def go():
+        first = asyncio.ensure_future(_tokens(made, GenerationRequest(ids, max_tokens=300)))
+        await asyncio.sleep(0.05)  # the first one holds the only slot
+        second = asyncio.ensure_future(_tokens(made, GenerationRequest(ids, max_tokens=3)))
+        await asyncio.sleep(0.05)  # the second one waits for it
+        with pytest.raises(GeneratorBusyError):
+            await _tokens(made, GenerationRequest(ids, max_tokens=3))
+        return await first, await second
+
+    try:
+        (_, first), (_, second) = asyncio.run(go())
+    finally:
+        made.close(5)
+    assert first == ("length", 300)
+    assert second == ("length", 3)
