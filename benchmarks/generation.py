@@ -40,13 +40,10 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from quantization import NO_AMX  # noqa: E402  (benchmarks/ is sys.path[0] when run)
+
 LLAMACPP_VENV = Path.home() / ".cache" / "slimforge" / "llamacpp-venv"
 LLAMACPP_VERSION = "0.3.36"
-NO_AMX = ("-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON "
-          "-DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON "
-          "-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF")
-"""A native build on a CPU with AMX crashes in ggml's AMX path on this machine kind (seen in
-quantization.py's anchor); the AVX-512 build is what runs."""
 PPL_CEILING = 1.05
 THREADS = 2
 
@@ -92,7 +89,7 @@ def llamacpp_python() -> Path:
     if not python.exists():
         print("building llama-cpp-python (about 7 minutes, once)...", file=sys.stderr)
         subprocess.run([sys.executable, "-m", "venv", str(LLAMACPP_VENV)], check=True)
-        env = {**os.environ, "CMAKE_ARGS": NO_AMX}
+        env = {**os.environ, "CMAKE_ARGS": NO_AMX}  # ggml's AMX path crashes here (quantization.py)
         subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-cache-dir",
                         f"llama-cpp-python=={LLAMACPP_VERSION}", "numpy"], check=True, env=env)
     return python

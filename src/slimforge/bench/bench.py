@@ -27,7 +27,7 @@ from slimforge.bench import measure
 from slimforge.bench.resources import ResourceSampler
 from slimforge.data.sources import STDLIB_DOCS, load_texts
 from slimforge.errors import SlimforgeError
-from slimforge.generate import Engine, SamplingParams, format_of, unsupported_reason
+from slimforge.generate import Engine, SamplingParams, format_of, not_served_by_engine
 from slimforge.models.load import load_model
 from slimforge.models.tasks import LoadedModel, tokenize
 from slimforge.progress import track
@@ -190,8 +190,8 @@ def _engine_decode(engine: Engine, prompts: list[list[int]], steps: int) -> Call
 
 def _engine_plan(loaded: LoadedModel, config: BenchConfig) -> _Plan | None:
     """The causal-LM plan through slimforge's engine, or None where it does not run."""
-    if config.engine == "transformers" or loaded.device.type != "cpu" or \
-            unsupported_reason(loaded.model) is not None:
+    if config.engine == "transformers" or \
+            not_served_by_engine(loaded.model, loaded.device) is not None:
         return None
     fmt, compiled = format_of(loaded.model), config.engine == "auto"
     longest = max(config.prefill_len, config.latency_seq_len + config.decode_tokens + 2) + 1

@@ -11,7 +11,12 @@ step, packed weight-only int8/int4 kernels, sampling, and a step API for continu
 
 from slimforge.generate.engine import Completion, Engine, TokenEvent
 from slimforge.generate.sampling import GenerationError, SamplingParams
-from slimforge.generate.weights import FORMATS, format_of, unsupported_reason
+from slimforge.generate.weights import (
+    FORMATS,
+    format_of,
+    not_served_by_engine,
+    unsupported_reason,
+)
 
 __all__ = ["FORMATS", "Completion", "Engine", "GenerationError", "SamplingParams",
-           "TokenEvent", "format_of", "unsupported_reason"]
+           "TokenEvent", "format_of", "not_served_by_engine", "unsupported_reason"]

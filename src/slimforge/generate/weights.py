@@ -152,6 +152,16 @@ def unsupported_reason(model: nn.Module) -> str | None:
     return None
 
 
+def not_served_by_engine(model: nn.Module, device: torch.device) -> str | None:
+    """Why `serve` and `bench` leave `model` on `device` to transformers (None: they use the
+    engine): an architecture the engine does not run, or a device its fast path has not been
+    measured on (only the CPU so far)."""
+    reason = unsupported_reason(model)
+    if reason is None and device.type != "cpu":
+        reason = "the engine's fast path is measured on CPU only so far"
+    return reason
+
+
 def _float(linear: nn.Module) -> torch.Tensor:
     if isinstance(linear, (WeightOnlyInt8Linear, WeightOnlyInt4Linear)):
         return linear.dequantized_weight().float()

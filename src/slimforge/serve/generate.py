@@ -26,7 +26,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +34,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from slimforge.generate import Engine, SamplingParams, format_of, unsupported_reason
+from slimforge.generate import Engine, SamplingParams, format_of, not_served_by_engine
 from slimforge.models.tasks import LoadedModel
 from slimforge.serve.metrics import ServerMetrics
 
@@ -152,7 +152,7 @@ class _Batch:
 class Generator:
     """Decodes many requests at once on one thread and streams each one's text.
 
-    With `engine` `auto` (or `compiled`), a Llama-style model on the CPU decodes through
+    With `engine` `auto`, a Llama-style model on the CPU decodes through
     `slimforge.generate.Engine` (static cache, compiled step, packed weight-only kernels;
     `max_running` slots of `max_len` tokens), compiled by `warm_up` before the server says
     it is ready; `eager` runs that engine uncompiled; `transformers`, and any other model,
@@ -170,9 +170,7 @@ class Generator:
         self.context = getattr(loaded.model.config, "max_position_embeddings", None) or 2048
         """Most tokens a sequence may hold, prompt included."""
         if engine != "transformers":
-            reason = unsupported_reason(loaded.model)
-            if reason is None and loaded.device.type != "cpu":
-                reason = "the engine's fast path is measured on CPU only so far"
+            reason = not_served_by_engine(loaded.model, loaded.device)
             if reason is None:
                 self.engine = Engine(loaded.model, loaded.tokenizer,
                                      format_of(loaded.model), slots=max_running,
@@ -212,11 +210,9 @@ class Generator:
                     return
                 continue
             self._engine_step(live)
-        for request, sequence in live.items():
+        for request in live:
             self.engine.cancel(request)
-            self._finish(sequence, "error", GeneratorClosedError())
-        while not self._incoming.empty():
-            self._finish(self._incoming.get(), "error", GeneratorClosedError())
+        self._fail_left(live.values())
 
     def _engine_step(self, live: dict[int, _Sequence]) -> None:
         """Drop requests past their deadline or abandoned, then advance the rest a token."""
@@ -244,13 +240,9 @@ class Generator:
         """Hand waiting requests to the engine (it prefills them at its next step)."""
         assert self.engine is not None
         while len(live) < self.max_running:  # the rest wait here, counted for the 429 bound
-            try:
-                sequence = self._incoming.get(timeout=0.05) if not live else \
-                    self._incoming.get_nowait()
-            except queue.Empty:
+            sequence = self._next_incoming(idle=not live)
+            if sequence is None:
                 return
-            with self._lock:
-                self._waiting -= 1
             request = sequence.request
             try:
                 params = SamplingParams(max_new_tokens=request.max_tokens,
@@ -279,7 +271,22 @@ class Generator:
                 for sequence in batch.sequences:
                     self._finish(sequence, "error", exc)
             batch.keep_running()
-        for sequence in batch.sequences:
+        self._fail_left(batch.sequences)
+
+    def _next_incoming(self, idle: bool) -> _Sequence | None:
+        """The next submitted request, waiting briefly when nothing decodes (`idle`);
+        None when there is none."""
+        try:
+            sequence = self._incoming.get(timeout=0.05) if idle else self._incoming.get_nowait()
+        except queue.Empty:
+            return None
+        with self._lock:
+            self._waiting -= 1
+        return sequence
+
+    def _fail_left(self, running: Iterable[_Sequence]) -> None:
+        """On stopping: fail the running sequences and every request not yet taken."""
+        for sequence in running:
             self._finish(sequence, "error", GeneratorClosedError())
         while not self._incoming.empty():
             self._finish(self._incoming.get(), "error", GeneratorClosedError())
@@ -287,13 +294,9 @@ class Generator:
     def _admit(self, batch: _Batch) -> None:
         """Prefill waiting requests into the batch (block briefly when it is empty)."""
         while len(batch.sequences) < self.max_running:
-            try:
-                sequence = self._incoming.get(timeout=0.05) if not batch.sequences else \
-                    self._incoming.get_nowait()
-            except queue.Empty:
+            sequence = self._next_incoming(idle=not batch.sequences)
+            if sequence is None:
                 return
-            with self._lock:
-                self._waiting -= 1
             try:
                 self._prefill(batch, sequence)
             except Exception as exc:
