@@ -260,6 +260,8 @@ def train(
     work_dir: str = typer.Option(None, help="checkpoints and metrics.jsonl (default: "
                                  "OUTPUT_DIR/train-work)"),
     resume: bool = typer.Option(False, help="continue from the work dir's last checkpoint"),
+    tensorboard: bool = typer.Option(False, help="also log TensorBoard scalars to "
+                                     "WORK_DIR/tensorboard"),
     proceed: bool = typer.Option(False, help="train on data that breaks the data check's "
                                  "hard rules"),
     output_dir: str = typer.Option("runs", help="where the run folder goes"),
@@ -284,7 +286,7 @@ def train(
     config = TrainConfig(max_steps=steps, batch_size=batch_size, accumulation=accumulation,
                          lr=lr, warmup_steps=min(warmup_steps, steps - 1),
                          precision=precision, checkpoint_every=max(1, min(50, steps)),
-                         privacy=privacy,
+                         privacy=privacy, tensorboard=tensorboard,
                          adversarial=_attack(adversarial, eps, attack_steps, input_min,
                                              input_max))
     checked = gate(data, "training", DataRules(proceed=proceed), output_dir, text_field)
@@ -407,6 +409,8 @@ def distill(
     work_dir: str = typer.Option(None, help="checkpoints and metrics.jsonl (default: "
                                  "OUTPUT_DIR/distill-work)"),
     resume: bool = typer.Option(False, help="continue from the work dir's last checkpoint"),
+    tensorboard: bool = typer.Option(False, help="also log TensorBoard scalars to "
+                                     "WORK_DIR/tensorboard"),
     proceed: bool = typer.Option(False, help="train on data that breaks the data check's "
                                  "hard rules"),
     output_dir: str = typer.Option("runs", help="where the run folder goes"),
@@ -425,7 +429,8 @@ def distill(
 
     config = TrainConfig(max_steps=steps, batch_size=batch_size, accumulation=accumulation,
                          lr=lr, warmup_steps=min(warmup_steps, steps - 1),
-                         precision=precision, checkpoint_every=max(1, min(50, steps)))
+                         precision=precision, checkpoint_every=max(1, min(50, steps)),
+                         tensorboard=tensorboard)
     checked = gate(data, "training", DataRules(proceed=proceed), output_dir, text_field)
     texts = load_texts(data, "train", text_field=text_field)
     big = load_model(teacher)

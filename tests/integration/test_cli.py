@@ -190,10 +190,12 @@ def test_optimize_checks_local_data_first_and_refuses_it_unless_told_to_proceed(
 
 def test_distill_saves_a_smaller_student_that_reloads_and_resumes(tmp_path):
     done = slimforge("distill", "builtin:tiny-bert", "--keep-layers", "0", "--steps", "6",
-                     "--batch-size", "4", "--limit", "16", "--max-length", "32", cwd=tmp_path)
+                     "--batch-size", "4", "--limit", "16", "--max-length", "32",
+                     "--tensorboard", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     result = last_json(done.stdout)
     assert result["train"]["steps"] == 6
+    assert list((tmp_path / "runs" / "distill-work" / "tensorboard").glob("events.out.*"))
     assert set(result["after"]) == {"cosine_mean"}
     from slimforge.compress.structured import blocks
     from slimforge.models.load import load_model

@@ -54,6 +54,9 @@ class TrainConfig(BaseModel):
     checkpoint_every: int = Field(50, ge=1)
     """Write the resumable checkpoint every N steps (and at the end)."""
     seed: int = 0
+    tensorboard: bool = False
+    """Also write every metrics.jsonl figure as TensorBoard scalars in `run_dir/tensorboard`
+    (needs the `tensorboard` package: `pip install 'slimforge[tensorboard]'`)."""
     scale_lr_from_batch: int | None = Field(None, ge=1)
     """Linear scaling rule, opt-in: lr x (global batch / this)."""
     privacy: PrivacyConfig | None = None

@@ -150,19 +150,42 @@ def _micro_batches(stream: _Stream, examples: Sequence[Any], config: TrainConfig
 
 
 class _Log:
-    """metrics.jsonl, rewritten on resume to the lines up to the checkpoint's step."""
+    """metrics.jsonl, rewritten on resume to the lines up to the checkpoint's step; and, when
+    asked, the same figures as TensorBoard scalars (events past the checkpoint's step are
+    purged on resume, so a resumed run's curves have no doubled stretch)."""
 
-    def __init__(self, path: Path, keep_until: int, enabled: bool) -> None:
+    def __init__(self, path: Path, keep_until: int, enabled: bool, tensorboard: bool) -> None:
         self.path, self.enabled = path, enabled
         if enabled and path.is_file():
             kept = [line for line in path.read_text().splitlines()
                     if json.loads(line)["step"] <= keep_until]
             path.write_text("".join(line + "\n" for line in kept))
+        self.board = _board(path.parent / "tensorboard", keep_until) if (
+            enabled and tensorboard) else None
 
     def write(self, row: dict[str, Any]) -> None:
-        if self.enabled:
-            with open(self.path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(row) + "\n")
+        if not self.enabled:
+            return
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
+        if self.board is not None:
+            for key, value in row.items():
+                if key != "step" and math.isfinite(value):
+                    self.board.add_scalar(key, value, row["step"])
+
+    def close(self) -> None:
+        if self.board is not None:
+            self.board.close()
+
+
+def _board(folder: Path, resumed_at: int) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise TrainingError("TensorBoard logging needs the tensorboard package.",
+                            "pip install 'slimforge[tensorboard]', or leave tensorboard off "
+                            "(metrics.jsonl has the same figures).") from None
+    return SummaryWriter(str(folder), purge_step=resumed_at + 1 if resumed_at else None)
 
 
 def _optimizer(model: nn.Module, config: TrainConfig, lr: float) -> torch.optim.Optimizer:
@@ -336,11 +359,12 @@ def fit(model: nn.Module, examples: Sequence[Any], objective: Objective, config:
     writer = run.rank == 0
     if writer:
         run_dir.mkdir(parents=True, exist_ok=True)
-    log = _Log(run_dir / "metrics.jsonl", resumed or 0, writer)  # a fresh start: a fresh log
+    log = _Log(run_dir / "metrics.jsonl", resumed or 0, writer, config.tensorboard)
     started = time.perf_counter()
     try:
         loss, stopped = _loop(run, evaluate, log, writer)
     finally:
+        log.close()
         if run.private is not None:
             run.private.close()  # the model leaves without Opacus' hooks, even on an error
     if evaluate is not None and run.best_step is not None and (run_dir / "best").is_dir():

@@ -177,3 +177,27 @@ def test_a_run_killed_mid_way_and_resumed_ends_bit_identical(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 41))  # no step logged twice
+
+
+def test_tensorboard_scalars_match_the_jsonl_and_a_resume_purges_the_overlap(tmp_path):
+    import shutil
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = TrainConfig(max_steps=3, batch_size=4, tensorboard=True, **FP32)
+    fit(_model(), _data(), Tokens(), config, tmp_path)
+    shutil.copytree(tmp_path / "last", tmp_path / "step3")
+    fit(_model(), _data(), Tokens(), config.model_copy(update={"max_steps": 6}), tmp_path,
+        resume=True)
+    # As if killed after step 6 with only the step-3 checkpoint on disk: resume to 8.
+    shutil.rmtree(tmp_path / "last")
+    shutil.copytree(tmp_path / "step3", tmp_path / "last")
+    fit(_model(), _data(), Tokens(), config.model_copy(update={"max_steps": 8}), tmp_path,
+        resume=True)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    loss = events.Scalars("loss")
+    assert [e.step for e in loss] == [r["step"] for r in rows] == list(range(1, 9))
+    assert [e.value for e in loss] == pytest.approx([r["loss"] for r in rows], rel=1e-6)
+    assert {"lr", "grad_norm", "seconds"} <= set(events.Tags()["scalars"])
