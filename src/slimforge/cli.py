@@ -262,6 +262,8 @@ def train(
     resume: bool = typer.Option(False, help="continue from the work dir's last checkpoint"),
     tensorboard: bool = typer.Option(False, help="also log TensorBoard scalars to "
                                      "WORK_DIR/tensorboard"),
+    strategy: str = typer.Option("ddp", help="under torchrun: ddp (a whole model per process) "
+                                 "| fsdp (parameters, gradients and optimizer state sharded)"),
     proceed: bool = typer.Option(False, help="train on data that breaks the data check's "
                                  "hard rules"),
     output_dir: str = typer.Option("runs", help="where the run folder goes"),
@@ -278,6 +280,7 @@ def train(
     from slimforge.io.run import write_run
     from slimforge.models.load import load_model
     from slimforge.train.config import TrainConfig
+    from slimforge.train.distributed import torchrun_group
     from slimforge.train.engine import fit
     from slimforge.trust.privacy import PrivacyConfig
 
@@ -286,41 +289,46 @@ def train(
     config = TrainConfig(max_steps=steps, batch_size=batch_size, accumulation=accumulation,
                          lr=lr, warmup_steps=min(warmup_steps, steps - 1),
                          precision=precision, checkpoint_every=max(1, min(50, steps)),
-                         privacy=privacy, tensorboard=tensorboard,
+                         privacy=privacy, tensorboard=tensorboard, strategy=strategy,
                          adversarial=_attack(adversarial, eps, attack_steps, input_min,
                                              input_max))
-    checked = gate(data, "training", DataRules(proceed=proceed), output_dir, text_field)
-    loaded = load_model(spec)
-    examples, objective, quality = _training_task(loaded, data, eval_data, text_field,
-                                                  label_field, max_length, config)
-    if augment_copies:
-        examples = _augmented(loaded, examples, text_field, AugmentConfig(
-            deletion=augment_deletion, swap=augment_swap, span=augment_span,
-            copies=augment_copies, mask_token=getattr(loaded.tokenizer, "mask_token", None)
-            or "[MASK]"))
-    before = quality(loaded)
-    result = fit(loaded.model, examples, objective, config,
-                 Path(work_dir or Path(output_dir) / "train-work"), resume=resume)
-    how = ", DP-SGD" if privacy else (f", {adversarial.upper()} adversarial" if adversarial
-                                      else "")
-    trained = dataclasses.replace(loaded, notes=[
-        *loaded.notes, f"trained for {result.steps} steps ({result.precision}{how})"])
-    after = quality(trained)
-    summary = {"spec": spec, "before": before, "after": after, "train": result.to_json(),
-               "data_check": checked.to_json() if checked else None}
-    lines = [f"# slimforge train: {spec}", "",
-             f"- {result.steps} steps in {result.seconds:.0f} s, {result.precision} "
-             f"({result.precision_reason})", *_privacy_lines(result.privacy), "",
-             "| held-out | before | after |", "|---|---|---|",
-             *(f"| {k} | {before[k]:.4g} | {after[k]:.4g} |" for k in after), ""]
-    run = write_run(output_dir, "train", spec, config.model_dump(), summary, "\n".join(lines),
-                    model=trained)
-    _table(f"slimforge train {spec}", ("held-out", "before", "after"),
-           [[k, f"{before[k]:.4g}", f"{after[k]:.4g}"] for k in after])
-    for line in _privacy_lines(result.privacy):
-        console.print(line.removeprefix("- "))
-    console.print(f"run folder: {run}")
-    _json_line({**summary, "run": str(run)})
+    with torchrun_group() as rank:
+        lead = rank == 0  # the others only train
+        checked = (gate(data, "training", DataRules(proceed=proceed), output_dir, text_field)
+                   if lead else None)
+        loaded = load_model(spec)
+        examples, objective, quality = _training_task(loaded, data, eval_data, text_field,
+                                                      label_field, max_length, config)
+        if augment_copies:
+            examples = _augmented(loaded, examples, text_field, AugmentConfig(
+                deletion=augment_deletion, swap=augment_swap, span=augment_span,
+                copies=augment_copies, mask_token=getattr(loaded.tokenizer, "mask_token", None)
+                or "[MASK]"))
+        before = quality(loaded) if lead else {}
+        result = fit(loaded.model, examples, objective, config,
+                     Path(work_dir or Path(output_dir) / "train-work"), resume=resume)
+        if not lead:
+            return
+        how = ", DP-SGD" if privacy else (f", {adversarial.upper()} adversarial" if adversarial
+                                          else "")
+        trained = dataclasses.replace(loaded, notes=[
+            *loaded.notes, f"trained for {result.steps} steps ({result.precision}{how})"])
+        after = quality(trained)
+        summary = {"spec": spec, "before": before, "after": after, "train": result.to_json(),
+                   "data_check": checked.to_json() if checked else None}
+        lines = [f"# slimforge train: {spec}", "",
+                 f"- {result.steps} steps in {result.seconds:.0f} s, {result.precision} "
+                 f"({result.precision_reason})", *_privacy_lines(result.privacy), "",
+                 "| held-out | before | after |", "|---|---|---|",
+                 *(f"| {k} | {before[k]:.4g} | {after[k]:.4g} |" for k in after), ""]
+        run = write_run(output_dir, "train", spec, config.model_dump(), summary, "\n".join(lines),
+                        model=trained)
+        _table(f"slimforge train {spec}", ("held-out", "before", "after"),
+               [[k, f"{before[k]:.4g}", f"{after[k]:.4g}"] for k in after])
+        for line in _privacy_lines(result.privacy):
+            console.print(line.removeprefix("- "))
+        console.print(f"run folder: {run}")
+        _json_line({**summary, "run": str(run)})
 
 
 def _privacy_lines(privacy: dict[str, Any] | None) -> list[str]:
@@ -411,6 +419,8 @@ def distill(
     resume: bool = typer.Option(False, help="continue from the work dir's last checkpoint"),
     tensorboard: bool = typer.Option(False, help="also log TensorBoard scalars to "
                                      "WORK_DIR/tensorboard"),
+    strategy: str = typer.Option("ddp", help="under torchrun: ddp (a whole model per process) "
+                                 "| fsdp (parameters, gradients and optimizer state sharded)"),
     proceed: bool = typer.Option(False, help="train on data that breaks the data check's "
                                  "hard rules"),
     output_dir: str = typer.Option("runs", help="where the run folder goes"),
@@ -426,41 +436,49 @@ def distill(
     from slimforge.train.config import TrainConfig
     from slimforge.train.distill import DistillConfig, student_from_teacher
     from slimforge.train.distill import distill as run_distill
+    from slimforge.train.distributed import torchrun_group
 
     config = TrainConfig(max_steps=steps, batch_size=batch_size, accumulation=accumulation,
                          lr=lr, warmup_steps=min(warmup_steps, steps - 1),
                          precision=precision, checkpoint_every=max(1, min(50, steps)),
-                         tensorboard=tensorboard)
-    checked = gate(data, "training", DataRules(proceed=proceed), output_dir, text_field)
-    texts = load_texts(data, "train", text_field=text_field)
-    big = load_model(teacher)
-    if student is not None:
-        small = load_model(student)
-    else:
-        from slimforge.compress.structured import blocks
+                         tensorboard=tensorboard, strategy=strategy)
+    with torchrun_group() as rank:
+        lead = rank == 0  # the others only train
+        checked = (gate(data, "training", DataRules(proceed=proceed), output_dir, text_field)
+                   if lead else None)
+        texts = load_texts(data, "train", text_field=text_field)
+        big = load_model(teacher)
+        if student is not None:
+            small = load_model(student)
+        else:
+            from slimforge.compress.structured import blocks
 
-        count = len(blocks(big.model))
-        kept = ([int(i) for i in keep_layers.split(",")] if keep_layers
-                else list(range(1, count, 2)))
-        small = student_from_teacher(big, kept)
-    before, teacher_eval = _held_out_quality(small, big, eval_data, limit)
-    folder = Path(work_dir or Path(output_dir) / "distill-work")
-    trained, result = run_distill(small, big, texts, DistillConfig(max_length=max_length),
-                                  config, folder, resume=resume)
-    after, _ = _held_out_quality(trained, big, eval_data, limit, teacher_eval)
-    summary = {"teacher": teacher, "before": before, "after": after, "train": result.to_json(),
-               "data_check": checked.to_json() if checked else None}
-    lines = [f"# slimforge distill: {teacher}", "",
-             f"- Student: {small.steps[-1] if small.steps else student}",
-             f"- {result.steps} steps in {result.seconds:.0f} s, {result.precision} "
-             f"({result.precision_reason})", "", "| held-out | before | after |", "|---|---|---|",
-             *(f"| {k} | {before[k]:.4g} | {after[k]:.4g} |" for k in after), ""]
-    run = write_run(output_dir, "distill", teacher, config.model_dump(), summary,
-                    "\n".join(lines), model=trained)
-    _table(f"slimforge distill {teacher}", ("held-out", "before", "after"),
-           [[k, f"{before[k]:.4g}", f"{after[k]:.4g}"] for k in after])
-    console.print(f"run folder: {run}")
-    _json_line({**summary, "run": str(run)})
+            count = len(blocks(big.model))
+            kept = ([int(i) for i in keep_layers.split(",")] if keep_layers
+                    else list(range(1, count, 2)))
+            small = student_from_teacher(big, kept)
+        before, teacher_eval = (_held_out_quality(small, big, eval_data, limit) if lead
+                                else ({}, None))
+        folder = Path(work_dir or Path(output_dir) / "distill-work")
+        trained, result = run_distill(small, big, texts, DistillConfig(max_length=max_length),
+                                      config, folder, resume=resume)
+        if not lead:
+            return
+        after, _ = _held_out_quality(trained, big, eval_data, limit, teacher_eval)
+        summary = {"teacher": teacher, "before": before, "after": after,
+                   "train": result.to_json(), "data_check": checked.to_json() if checked else None}
+        lines = [f"# slimforge distill: {teacher}", "",
+                 f"- Student: {small.steps[-1] if small.steps else student}",
+                 f"- {result.steps} steps in {result.seconds:.0f} s, {result.precision} "
+                 f"({result.precision_reason})", "", "| held-out | before | after |",
+                 "|---|---|---|",
+                 *(f"| {k} | {before[k]:.4g} | {after[k]:.4g} |" for k in after), ""]
+        run = write_run(output_dir, "distill", teacher, config.model_dump(), summary,
+                        "\n".join(lines), model=trained)
+        _table(f"slimforge distill {teacher}", ("held-out", "before", "after"),
+               [[k, f"{before[k]:.4g}", f"{after[k]:.4g}"] for k in after])
+        console.print(f"run folder: {run}")
+        _json_line({**summary, "run": str(run)})
 
 
 def _held_out_quality(student, teacher, data, limit, teacher_eval=None):

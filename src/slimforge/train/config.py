@@ -51,6 +51,10 @@ class TrainConfig(BaseModel):
     """Evaluate every N steps (and at the end); 0: at the end only."""
     patience: int | None = Field(None, ge=1)
     """Early stopping: stop after this many evaluations without improvement."""
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    """Under torchrun: DDP keeps a whole model in every process; FSDP shards parameters,
+    gradients and optimizer state across the processes (each device holds 1/N of them and
+    gathers a layer's weights only while it runs), for models too large for one device."""
     checkpoint_every: int = Field(50, ge=1)
     """Write the resumable checkpoint every N steps (and at the end)."""
     seed: int = 0

@@ -210,13 +210,18 @@ class _Run:
         global_batch = config.batch_size * config.accumulation * self.world
         lr = config.lr * (global_batch / config.scale_lr_from_batch
                           if config.scale_lr_from_batch else 1)
-        self.optimizer = _optimizer(model, config, lr)
         self.scaler = torch.amp.GradScaler(self.device_type, enabled=self.precision == "fp16")
-        self.wrapped = model
-        if self.world > 1:
+        self.sharded = self.world > 1 and config.strategy == "fsdp"
+        # `trained`: the module the optimizer steps (FSDP: a sharded copy of `model`, whose
+        # full weights are gathered back into `model` for checkpoints and at the end).
+        self.trained = _shard(model) if self.sharded else model
+        self.wrapped = self.trained
+        if self.world > 1 and not self.sharded:
             from torch.nn.parallel import DistributedDataParallel
 
             self.wrapped = DistributedDataParallel(model)
+        self.optimizer = _optimizer(self.trained, config, lr)
+        self.full_optimizer: dict[str, Any] | None = None
         self.private = self._private() if config.privacy is not None else None
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(config, step))
@@ -238,7 +243,8 @@ class _Run:
         return private
 
     def parts(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer, "schedule": self.schedule, "scaler": self.scaler,
+        optimizer = self.full_optimizer if self.sharded else self.optimizer
+        return {"optimizer": optimizer, "schedule": self.schedule, "scaler": self.scaler,
                 "progress": {"step": self.step, "position": self.stream.position,
                              "best": self.best, "best_step": self.best_step, "bad": self.bad}}
 
@@ -247,11 +253,43 @@ class _Run:
         if not (folder / "state.pt").is_file():
             return None
         restored = load_state(folder, self.model, self.parts())
+        if self.sharded:
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_model_state_dict,
+                set_optimizer_state_dict,
+            )
+
+            whole = StateDictOptions(full_state_dict=True)
+            set_model_state_dict(self.trained, self.model.state_dict(), options=whole)
+            set_optimizer_state_dict(self.trained, self.optimizer, restored["optimizer"],
+                                     options=whole)
         progress = restored["progress"]
         self.step, self.stream.position = progress["step"], progress["position"]
         self.best, self.best_step, self.bad = (progress["best"], progress["best_step"],
                                                progress["bad"])
         return self.step
+
+    def gather(self, everywhere: bool = False) -> None:
+        """FSDP: the trained shards' full weights into `model` and the optimizer's full
+        state into `full_optimizer`, on rank 0 (`everywhere`: the weights on every rank).
+        Every rank must call it. Nothing to do otherwise: `model` is what trains."""
+        if not self.sharded:
+            return
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        full = get_model_state_dict(self.trained, options=StateDictOptions(
+            full_state_dict=True, cpu_offload=not everywhere))
+        if full:  # offloaded: ranks other than 0 get nothing
+            self.model.load_state_dict(full)
+        if not everywhere:
+            self.full_optimizer = get_optimizer_state_dict(
+                self.trained, self.optimizer,
+                options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
     def autocast(self) -> Any:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
@@ -316,7 +354,10 @@ class _Run:
         summed = 0.0
         for i, examples in enumerate(micro):
             last = i == len(micro) - 1
-            sync = nullcontext() if last or self.world == 1 else self.wrapped.no_sync()
+            if self.sharded:  # gradients reduce-scatter on the step's last micro-batch only
+                self.trained.set_requires_gradient_sync(last)
+            sync = (nullcontext() if last or self.world == 1 or self.sharded
+                    else self.wrapped.no_sync())
             with sync:
                 with self.autocast():
                     loss = self.objective.loss(self.wrapped, examples)
@@ -325,9 +366,10 @@ class _Run:
                 self.scaler.scale(loss * (self.world / total)).backward()
             summed += value
         self.scaler.unscale_(self.optimizer)
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        norm = float(torch.nn.utils.clip_grad_norm_(
-            params, self.config.clip_norm if self.config.clip_norm else math.inf))
+        params = [p for p in self.trained.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(
+            params, self.config.clip_norm if self.config.clip_norm else math.inf)
+        norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
         self._update()
         return _sum_across(summed) / total, norm
 
@@ -367,6 +409,7 @@ def fit(model: nn.Module, examples: Sequence[Any], objective: Objective, config:
         log.close()
         if run.private is not None:
             run.private.close()  # the model leaves without Opacus' hooks, even on an error
+    run.gather(everywhere=True)
     if evaluate is not None and run.best_step is not None and (run_dir / "best").is_dir():
         load_weights(run_dir / "best", model)
     model.eval()
@@ -382,7 +425,7 @@ def _loop(run: _Run, evaluate: Callable[[nn.Module], float] | None, log: _Log,
     from slimforge.progress import track
 
     config, loss, stopped = run.config, math.nan, False
-    run.model.train()
+    run.trained.train()
     for _ in track(range(run.step, config.max_steps), "training"):
         tick = time.perf_counter()
         loss, norm = run.one_step()
@@ -392,6 +435,8 @@ def _loop(run: _Run, evaluate: Callable[[nn.Module], float] | None, log: _Log,
         if evaluate is not None and (final or config.eval_every
                                      and run.step % config.eval_every == 0):
             stopped = _evaluate(run, evaluate, log, writer)
+        if final or stopped or run.step % config.checkpoint_every == 0:
+            run.gather()
         if writer and (final or stopped or run.step % config.checkpoint_every == 0):
             save_state(run.run_dir / "last", run.model, run.parts(),
                        {"step": run.step, "precision": run.precision})
@@ -399,6 +444,25 @@ def _loop(run: _Run, evaluate: Callable[[nn.Module], float] | None, log: _Log,
         if stopped:
             break
     return loss, stopped
+
+
+def _shard(model: nn.Module) -> nn.Module:
+    """A copy of `model` sharded by FSDP across the process group: each transformer layer
+    its own unit (its weights gathered only while it runs), the rest in the root unit."""
+    import copy
+
+    from torch.distributed.fsdp import fully_shard
+
+    from slimforge.compress.structured import blocks
+    from slimforge.errors import SlimforgeError
+
+    sharded = copy.deepcopy(model)
+    try:
+        for layer in blocks(sharded):
+            fully_shard(layer)
+    except SlimforgeError:
+        pass  # no transformer layers: one unit for the whole model
+    return fully_shard(sharded)
 
 
 def _adversarial(objective: Objective, config: TrainConfig) -> Objective:
@@ -414,13 +478,14 @@ def _adversarial(objective: Objective, config: TrainConfig) -> Objective:
 def _evaluate(run: _Run, evaluate: Callable[[nn.Module], float], log: _Log,
               writer: bool) -> bool:
     """Evaluate, keep the best weights, and say whether to stop early."""
-    run.model.eval()
+    run.trained.eval()
     with torch.no_grad():
-        metric = float(evaluate(run.model))
-    run.model.train()
+        metric = float(evaluate(run.trained))
+    run.trained.train()
     log.write({"step": run.step, "eval": metric})
     if run.best is None or metric > run.best:
         run.best, run.best_step, run.bad = metric, run.step, 0
+        run.gather()
         if writer:
             save_weights(run.run_dir / "best", run.model, {"step": run.step, "metric": metric})
     else:
