@@ -414,6 +414,10 @@ def distill(
     precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16 (GPU)"),
     max_length: int = typer.Option(128, help="tokens per text or window"),
     limit: int = typer.Option(200, help="held-out texts (embedding) for the before/after"),
+    privacy_epsilon: float = typer.Option(None, help="DP-SGD: the epsilon the run may spend "
+                                          "(protects the training texts)"),
+    privacy_delta: float = typer.Option(1e-5, help="DP-SGD: delta"),
+    max_grad_norm: float = typer.Option(1.0, help="DP-SGD: per-example clipping bound"),
     work_dir: str = typer.Option(None, help="checkpoints and metrics.jsonl (default: "
                                  "OUTPUT_DIR/distill-work)"),
     resume: bool = typer.Option(False, help="continue from the work dir's last checkpoint"),
@@ -437,11 +441,14 @@ def distill(
     from slimforge.train.distill import DistillConfig, student_from_teacher
     from slimforge.train.distill import distill as run_distill
     from slimforge.train.distributed import torchrun_group
+    from slimforge.trust.privacy import PrivacyConfig
 
+    privacy = (PrivacyConfig(target_epsilon=privacy_epsilon, delta=privacy_delta,
+                             max_grad_norm=max_grad_norm) if privacy_epsilon else None)
     config = TrainConfig(max_steps=steps, batch_size=batch_size, accumulation=accumulation,
                          lr=lr, warmup_steps=min(warmup_steps, steps - 1),
                          precision=precision, checkpoint_every=max(1, min(50, steps)),
-                         tensorboard=tensorboard, strategy=strategy)
+                         tensorboard=tensorboard, strategy=strategy, privacy=privacy)
     with torchrun_group() as rank:
         lead = rank == 0  # the others only train
         checked = (gate(data, "training", DataRules(proceed=proceed), output_dir, text_field)
@@ -470,13 +477,15 @@ def distill(
         lines = [f"# slimforge distill: {teacher}", "",
                  f"- Student: {small.steps[-1] if small.steps else student}",
                  f"- {result.steps} steps in {result.seconds:.0f} s, {result.precision} "
-                 f"({result.precision_reason})", "", "| held-out | before | after |",
-                 "|---|---|---|",
+                 f"({result.precision_reason})", *_privacy_lines(result.privacy), "",
+                 "| held-out | before | after |", "|---|---|---|",
                  *(f"| {k} | {before[k]:.4g} | {after[k]:.4g} |" for k in after), ""]
         run = write_run(output_dir, "distill", teacher, config.model_dump(), summary,
                         "\n".join(lines), model=trained)
         _table(f"slimforge distill {teacher}", ("held-out", "before", "after"),
                [[k, f"{before[k]:.4g}", f"{after[k]:.4g}"] for k in after])
+        for line in _privacy_lines(result.privacy):
+            console.print(line.removeprefix("- "))
         console.print(f"run folder: {run}")
         _json_line({**summary, "run": str(run)})
 

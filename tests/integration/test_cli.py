@@ -261,3 +261,13 @@ def test_train_augments_a_text_classifiers_records_and_refuses_other_models(tmp_
     assert refused.returncode != 0
     assert "not a text classifier" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_distill_with_dp_sgd_reports_the_epsilon_spent(tmp_path):
+    done = slimforge("distill", "builtin:tiny-bert", "--keep-layers", "0", "--steps", "2",
+                     "--batch-size", "4", "--limit", "16", "--max-length", "32",
+                     "--privacy-epsilon", "8", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    privacy = last_json(done.stdout)["train"]["privacy"]
+    assert 0 < privacy["epsilon"] <= 8
+    assert "DP-SGD: spent epsilon" in done.stderr

@@ -185,6 +185,11 @@ def distill(student: LoadedModel, teacher: LoadedModel, texts: Sequence[str],
                             f"{teacher.task} one.", "distill between models of one task.")
     model = student.model
     if student.task == "embedding":
+        # The pooled-embedding loss never reaches a classification pooler: keep it out of
+        # the optimizer (and out of DP-SGD, which needs a gradient for every trained weight).
+        pooler = getattr(model, "pooler", None)
+        for param in pooler.parameters() if isinstance(pooler, nn.Module) else ():
+            param.requires_grad_(False)
         targets = embed(teacher, list(texts), max_length=config.max_length)
         width = embed(student, list(texts[:1]), max_length=config.max_length).shape[-1]
         holder = _Student(model, width, targets.shape[-1])

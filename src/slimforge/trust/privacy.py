@@ -13,8 +13,10 @@ Limits, each refused with a clear message: one process (no DDP), no gradient
 accumulation, fp32 (per-example gradients in low precision lose the clipping's meaning),
 and layers Opacus supports (BatchNorm mixes examples: replace it with GroupNorm). Every
 trainable parameter must get a per-example gradient (freeze what the loss never uses).
-Hugging Face transformers are not supported yet: Opacus' per-example gradients fail on a
-BERT student here (a clear `TrainingError`, tested), so DP runs on plain PyTorch modules.
+Hugging Face transformers train privately too: their absolute position embeddings are looked
+up with ids of batch size 1 broadcast over the batch, which Opacus would take for a single
+example, so a private run hands the model explicit per-example position ids (the same
+values it would use itself).
 """
 
 from __future__ import annotations
@@ -74,6 +76,29 @@ def _refuse_unsupported(model: nn.Module) -> None:
             ".fix(model) does it), or freeze the unsupported layers (requires_grad=False).")
 
 
+def _per_example_positions(model: nn.Module) -> Any:
+    """On the outermost Hugging Face model inside `model` that takes `position_ids`, a hook
+    that passes them per example (`[batch, length]`) when the caller gave none; returns the
+    hook's handle, or None for other models."""
+    import inspect
+
+    from transformers import PreTrainedModel
+
+    def positions(_: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        ids = kwargs.get("input_ids")
+        if ids is None or kwargs.get("position_ids") is not None:
+            return None
+        ranks = torch.arange(ids.shape[1], device=ids.device)
+        return args, {**kwargs, "position_ids": ranks.expand(ids.shape).contiguous()}
+
+    for module in model.modules():
+        if isinstance(module, PreTrainedModel):
+            if "position_ids" in inspect.signature(module.forward).parameters:
+                return module.register_forward_pre_hook(positions, with_kwargs=True)
+            return None
+    return None
+
+
 class PrivateTraining:
     """One DP-SGD run: the wrapped model and optimizer, the batch sampler, the accountant."""
 
@@ -101,6 +126,7 @@ class PrivateTraining:
             raise TrainingError(f"No noise level reaches epsilon {config.target_epsilon} "
                                 f"in {steps} steps ({exc}).",
                                 "raise target_epsilon, or train fewer steps.") from None
+        self._hook = _per_example_positions(model)
         self.module = GradSampleModule(model, loss_reduction="sum")
         self.optimizer = DPOptimizer(optimizer, noise_multiplier=self.noise_multiplier,
                                      max_grad_norm=config.max_grad_norm,
@@ -138,6 +164,8 @@ class PrivateTraining:
         """Detach Opacus from the model: its hooks (which would keep recording activations
         and break later gradient computations) and the per-example gradients."""
         self.module._close()
+        if self._hook is not None:
+            self._hook.remove()
 
     def spent(self, steps: int) -> dict[str, Any]:
         """The privacy spent after `steps` steps, from Opacus' accountant."""

@@ -129,16 +129,23 @@ def test_a_parameter_the_loss_never_uses_is_named(tmp_path):
     assert "requires_grad=False" in info.value.fix
 
 
-def test_a_transformer_opacus_cannot_handle_gets_a_clear_error(tmp_path, tiny_bert):
+def test_a_bert_student_distills_privately_and_leaves_no_hooks_behind(tmp_path, tiny_bert):
     from slimforge.train.distill import DistillConfig, distill, student_from_teacher
 
     student = student_from_teacher(tiny_bert, [0])
-    for param in student.model.pooler.parameters():
-        param.requires_grad_(False)
+    before = {k: v.clone() for k, v in student.model.state_dict().items()}
     texts = [f"text number {i} about things" for i in range(200)]
-    config = TrainConfig(max_steps=2, batch_size=16, privacy=PrivacyConfig(target_epsilon=8))
-    with pytest.raises(TrainingError, match="per-example gradients"):
-        distill(student, tiny_bert, texts, DistillConfig(max_length=32), config, tmp_path)
+    config = TrainConfig(max_steps=3, batch_size=16, privacy=PrivacyConfig(target_epsilon=8))
+    trained, result = distill(student, tiny_bert, texts, DistillConfig(max_length=32), config,
+                              tmp_path)
+    assert 0 < result.privacy["epsilon"] <= 8
+    after = trained.model.state_dict()
+    assert not torch.equal(after["encoder.layer.0.attention.self.query.weight"],
+                           before["encoder.layer.0.attention.self.query.weight"])
+    assert not torch.equal(after["embeddings.position_embeddings.weight"],
+                           before["embeddings.position_embeddings.weight"])
+    assert torch.equal(after["pooler.dense.weight"], before["pooler.dense.weight"])  # unused
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in trained.model.modules())
 
 
 def test_batch_as_large_as_the_data_is_refused(tmp_path):
