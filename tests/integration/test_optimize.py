@@ -141,3 +141,28 @@ def test_report_html_renders_its_plots_in_chromium_with_no_console_errors(tmp_pa
     noisy = tmp_path / "noisy.html"
     noisy.write_text("<html><body><script>console.error('broken')</script></body></html>")
     assert ":CONSOLE" in _chromium(noisy, tmp_path / "noisy.png", tmp_path / "profile3")
+
+
+def test_a_classifier_search_reports_fairness_against_the_baseline(tmp_path):
+    from slimforge.data.sources import load_texts
+    from tests.integration.classifier import text_classifier
+
+    records = [{"text": text, "label": i % 2, "group": "minority" if i % 4 == 0 else "majority"}
+               for i, text in enumerate(load_texts("builtin:stdlib-docs", "eval", limit=80))]
+    data = tmp_path / "labelled.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    recipe = parse_recipe({
+        "model": str(text_classifier(tmp_path / "clf")), "data": str(data), "peer": "none",
+        "eval": {"limit": 80, "max_length": 32, "group_field": "group"},
+        "bench": {"repeats": 2, "batch_size": 2, "seq_len": 16, "warmup": 1, "threads": 1},
+        "budget": {"max_accuracy_drop": 1.0, "resamples": 200, "min_gain": 0.0},
+        "search": [{"axis": "quantize", "options": ["none", {"name": "int8", "steps": [
+            {"step": "quantize"}]}]}]})
+    result = pipeline.optimize(recipe, out=tmp_path / "run")
+    row = result.results["candidates"][0]
+    assert set(row["eval"]["fairness"]["groups"]) == {"minority", "majority"}
+    assert "minority" in row["eval"]["fairness_deltas"]["groups"]
+    report = (tmp_path / "run" / "report.md").read_text()
+    section = report.split("## Fairness across groups")[1].split("\n## ")[0]
+    assert "| int8 |" in section
+    assert "| baseline |" in section

@@ -251,7 +251,13 @@ def _fairness(loaded: LoadedModel, records: list[dict[str, Any]],
     result.details["fairness"] = report
     if reference is None and loaded.base_spec:
         reference = loaded.base_spec
-    if reference is None or isinstance(reference, EvalResult):
+    if isinstance(reference, EvalResult):  # measured earlier on the same records
+        if "fairness" in reference.details:
+            result.reference = reference.spec
+            result.details["fairness_deltas"] = fairness_deltas(report,
+                                                                reference.details["fairness"])
+        return
+    if reference is None:
         return
     ref_loaded = _as_loaded(reference)
     ref_report = group_fairness(labels.tolist(), _predictions(ref_loaded, records, config).tolist(),

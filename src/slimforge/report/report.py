@@ -175,7 +175,8 @@ def optimize_report(results: dict[str, Any], plots: list[str] | None = None) -> 
              _table(COLUMNS, stage_rows(rows, chosen["name"])), ""]
     lines += [f"- {row['name']}: " + "; ".join(row["notes"])
               for row in rows if row.get("notes")]
-    lines += ["", *_plot_section(plots), *_claims_section(results["claims"]),
+    lines += ["", *_fairness_section(rows, chosen["name"]), *_plot_section(plots),
+              *_claims_section(results["claims"]),
               *_environment_section(results["environment"]),
               *_data_section(results.get("data_check", [])),
               *cost_section(results.get("cost", [])), *_layer_section(rows, plots)]
@@ -291,10 +292,38 @@ def eval_report(result: dict[str, Any]) -> str:
                       _date_line(), f"- Data: {result['data']['spec']}", "",
                       _table(("metric", "value"), rows), "",
                       *[f"- {note}" for note in result["notes"]], "",
-                      *_fairness_lines(result)])
+                      *_fairness_lines(result, "## Fairness across groups")])
 
 
-def _fairness_lines(result: dict[str, Any]) -> list[str]:
+def _fairness_section(rows: list[dict[str, Any]], chosen: str) -> list[str]:
+    """Classification recipes with `eval.group_field`: each row's parity figures and its
+    worst group's accuracy change against the baseline (compression can cost a small group
+    first while the average barely moves), then the chosen row's per-group table."""
+    measured = [r for r in rows if "fairness" in r.get("eval", {})]
+    if not measured:
+        return []
+    table = []
+    for row in measured:
+        fairness, deltas = row["eval"]["fairness"], row["eval"].get("fairness_deltas")
+        changes = (deltas or {}).get("groups", {})
+        worst = min(changes, key=lambda g: changes[g]["accuracy"]) if changes else None
+        table.append([row["name"], f"{fairness['demographic_parity_difference']:.4f}",
+                      f"{fairness['equalized_odds_difference']:.4f}",
+                      f"{fairness['accuracy_gap']:.4f}",
+                      f"{changes[worst]['accuracy']:+.4f} ({worst})" if worst else "—"])
+    lines = ["## Fairness across groups", "",
+             "Per row: demographic-parity and equalized-odds differences, the accuracy gap "
+             "between the best and the worst group, and the group whose accuracy fell most "
+             "against the baseline.", "",
+             _table(("row", "parity difference", "equalized-odds difference", "accuracy gap",
+                     "worst group change"), table), ""]
+    picked = next((r for r in measured if r["name"] == chosen), None)
+    if picked is not None:
+        lines += _fairness_lines(picked["eval"], f"### Chosen: {chosen}, per group")
+    return lines
+
+
+def _fairness_lines(result: dict[str, Any], heading: str) -> list[str]:
     """Per-group figures, and their change against the reference when there is one."""
     if "fairness" not in result:
         return []
@@ -309,7 +338,7 @@ def _fairness_lines(result: dict[str, Any]) -> list[str]:
                      f"{row['false_positive_rate']:.4f}",
                      *((f"{change['accuracy']:+.4f}", f"{change['selection_rate']:+.4f}")
                        if change else ([] if not deltas else ["—", "—"]))])
-    lines = ["## Fairness across groups", "",
+    lines = [heading, "",
              f"Positive class {fairness['positive']}; demographic-parity difference "
              f"{fairness['demographic_parity_difference']:.4f}, equalized-odds difference "
              f"{fairness['equalized_odds_difference']:.4f}, accuracy gap "
