@@ -264,6 +264,8 @@ def train(
                                      "WORK_DIR/tensorboard"),
     strategy: str = typer.Option("ddp", help="under torchrun: ddp (a whole model per process) "
                                  "| fsdp (parameters, gradients and optimizer state sharded)"),
+    group_by_length: bool = typer.Option(False, help="batch texts of similar length together "
+                                         "(less padding, faster steps)"),
     proceed: bool = typer.Option(False, help="train on data that breaks the data check's "
                                  "hard rules"),
     output_dir: str = typer.Option("runs", help="where the run folder goes"),
@@ -290,6 +292,7 @@ def train(
                          lr=lr, warmup_steps=min(warmup_steps, steps - 1),
                          precision=precision, checkpoint_every=max(1, min(50, steps)),
                          privacy=privacy, tensorboard=tensorboard, strategy=strategy,
+                         group_by_length=group_by_length,
                          adversarial=_attack(adversarial, eps, attack_steps, input_min,
                                              input_max))
     with torchrun_group() as rank:
@@ -425,6 +428,8 @@ def distill(
                                      "WORK_DIR/tensorboard"),
     strategy: str = typer.Option("ddp", help="under torchrun: ddp (a whole model per process) "
                                  "| fsdp (parameters, gradients and optimizer state sharded)"),
+    group_by_length: bool = typer.Option(True, help="batch texts of similar length together "
+                                         "(less padding, faster steps)"),
     proceed: bool = typer.Option(False, help="train on data that breaks the data check's "
                                  "hard rules"),
     output_dir: str = typer.Option("runs", help="where the run folder goes"),
@@ -448,7 +453,8 @@ def distill(
     config = TrainConfig(max_steps=steps, batch_size=batch_size, accumulation=accumulation,
                          lr=lr, warmup_steps=min(warmup_steps, steps - 1),
                          precision=precision, checkpoint_every=max(1, min(50, steps)),
-                         tensorboard=tensorboard, strategy=strategy, privacy=privacy)
+                         tensorboard=tensorboard, strategy=strategy, privacy=privacy,
+                         group_by_length=group_by_length)
     with torchrun_group() as rank:
         lead = rank == 0  # the others only train
         checked = (gate(data, "training", DataRules(proceed=proceed), output_dir, text_field)

@@ -73,9 +73,18 @@ class EmbeddingDistillation:
         self.student, self.texts, self.targets, self.config = student, texts, targets, config
         self.teacher = teacher
         self.layer_map = teacher_layers(student) if teacher is not None else []
+        self._lengths: list[int] | None = None
 
     def units(self, examples: Sequence[int]) -> int:
         return len(examples)
+
+    def length(self, example: int) -> int:
+        """The text's token count (up to `max_length`), for batches grouped by length."""
+        if self._lengths is None:
+            ids = self.student.tokenizer(list(self.texts), truncation=True,
+                                         max_length=self.config.max_length)["input_ids"]
+            self._lengths = [len(x) for x in ids]
+        return self._lengths[example]
 
     def loss(self, model: nn.Module, examples: Sequence[int]) -> torch.Tensor:
         batch = tokenize(self.student, [self.texts[i] for i in examples], self.config.max_length)
@@ -116,6 +125,10 @@ class LogitDistillation:
 
     def units(self, examples: Sequence[torch.Tensor]) -> int:
         return sum(len(window) - 1 for window in examples)
+
+    def length(self, example: torch.Tensor) -> int:
+        """A window's length (all windows are equal: grouping changes nothing)."""
+        return len(example)
 
     def loss(self, model: nn.Module, examples: Sequence[torch.Tensor]) -> torch.Tensor:
         ids = torch.stack(list(examples)).to(self.student.device)

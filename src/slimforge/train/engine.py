@@ -121,19 +121,46 @@ def _sum_across(value: float) -> float:
 
 
 class _Stream:
-    """The examples in training order: a seeded permutation per epoch, from a position."""
+    """The examples in training order: a seeded permutation per epoch, from a position.
 
-    def __init__(self, count: int, seed: int, position: int) -> None:
+    With `lengths`, each epoch's permutation is cut into windows of `MEGABATCH` batches,
+    each window sorted by length and cut into batches of `group` (one global micro-batch),
+    and the batches shuffled: texts of a batch then have similar lengths and little
+    padding. The order is still a pure function of (seed, epoch), so resuming by position
+    stays exact; the batch that straddles two epochs is kept whole at the epoch's edges."""
+
+    MEGABATCH = 16
+
+    def __init__(self, count: int, seed: int, position: int,
+                 lengths: Sequence[int] | None = None, group: int = 1) -> None:
         self.count, self.seed, self.position = count, seed, position
+        self.lengths, self.group = lengths, group
         self._epoch, self._order = -1, torch.empty(0, dtype=torch.long)
+
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        order = torch.randperm(self.count, generator=generator)
+        if self.lengths is None or self.group <= 1:
+            return order
+        head = (-epoch * self.count) % self.group  # completes the last epoch's last batch
+        body = order[head:].tolist()
+        tail = len(body) % self.group  # starts the batch the next epoch completes
+        full, body = body[:len(body) - tail], body[len(body) - tail:]
+        out = order[:head].tolist()
+        window = self.group * self.MEGABATCH
+        for start in range(0, len(full), window):
+            chunk = sorted(full[start:start + window], key=lambda i: self.lengths[i])
+            batches = [chunk[k:k + self.group] for k in range(0, len(chunk), self.group)]
+            for j in torch.randperm(len(batches), generator=generator).tolist():
+                out += batches[j]
+        return torch.tensor(out + body)
 
     def take(self, size: int) -> list[int]:
         picked = []
         for k in range(self.position, self.position + size):
             epoch = k // self.count
             if epoch != self._epoch:
-                generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-                self._epoch, self._order = epoch, torch.randperm(self.count, generator=generator)
+                self._epoch, self._order = epoch, self._epoch_order(epoch)
             picked.append(int(self._order[k % self.count]))
         self.position += size
         return picked
@@ -228,7 +255,8 @@ class _Run:
         if config.adversarial is not None:
             self.objective = _adversarial(objective, config)
         self.step, self.best, self.best_step, self.bad = 0, None, None, 0
-        self.stream = _Stream(len(examples), config.seed, 0)
+        self.stream = _Stream(len(examples), config.seed, 0, _lengths(objective, examples, config),
+                              config.batch_size * self.world)
 
     def _private(self) -> Any:
         from slimforge.trust.privacy import PrivateTraining
@@ -444,6 +472,18 @@ def _loop(run: _Run, evaluate: Callable[[nn.Module], float] | None, log: _Log,
         if stopped:
             break
     return loss, stopped
+
+
+def _lengths(objective: Objective, examples: Sequence[Any], config: TrainConfig
+             ) -> list[int] | None:
+    """Each example's length when batches are grouped by length."""
+    if not config.group_by_length:
+        return None
+    if not hasattr(objective, "length"):
+        raise TrainingError(f"group_by_length needs to know each example's length; "
+                            f"{type(objective).__name__} does not say.",
+                            "turn group_by_length off for this objective.")
+    return [objective.length(example) for example in examples]
 
 
 def _shard(model: nn.Module) -> nn.Module:

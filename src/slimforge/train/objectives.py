@@ -27,6 +27,10 @@ class NextToken:
     def units(self, examples: Sequence[torch.Tensor]) -> int:
         return sum(len(window) - 1 for window in examples)
 
+    def length(self, example: torch.Tensor) -> int:
+        """A window's length (all windows are equal: grouping changes nothing)."""
+        return len(example)
+
     def loss(self, model: nn.Module, examples: Sequence[torch.Tensor]) -> torch.Tensor:
         ids = torch.stack(list(examples)).to(self.device)
         logits = model(input_ids=ids).logits[:, :-1].float()
@@ -49,6 +53,15 @@ class Classify:
 
     def units(self, examples: Sequence[dict[str, Any]]) -> int:
         return len(examples)
+
+    def length(self, example: dict[str, Any]) -> int:
+        """A text record's token count (up to `max_length`), for batches grouped by length;
+        1 for feature records, which are never padded."""
+        if self.tokenizer is None:
+            return 1
+        ids = self.tokenizer(str(example[self.field]), truncation=True,
+                             max_length=self.max_length)["input_ids"]
+        return len(ids)
 
     def _labels(self, examples: Sequence[dict[str, Any]]) -> torch.Tensor:
         try:
