@@ -404,6 +404,9 @@ def distill(
                                 "layers, --keep-layers)"),
     keep_layers: str = typer.Option(None, help="student from the teacher: the layers kept, "
                                     "e.g. 1,3,5 (default: every other one)"),
+    student_layers: int = typer.Option(None, help="student from the teacher: keep the N layers "
+                                       "whose untrained student best matches the teacher on "
+                                       "64 training texts (embedding models)"),
     data: str = typer.Option("builtin:stdlib-docs", help="training texts (built-in corpus: "
                              "its train split)"),
     eval_data: str = typer.Option("builtin:stdlib-docs", help="held-out texts to measure the "
@@ -443,7 +446,7 @@ def distill(
     from slimforge.io.run import write_run
     from slimforge.models.load import load_model
     from slimforge.train.config import TrainConfig
-    from slimforge.train.distill import DistillConfig, student_from_teacher
+    from slimforge.train.distill import DistillConfig, pick_layers, student_from_teacher
     from slimforge.train.distill import distill as run_distill
     from slimforge.train.distributed import torchrun_group
     from slimforge.trust.privacy import PrivacyConfig
@@ -467,8 +470,13 @@ def distill(
             from slimforge.compress.structured import blocks
 
             count = len(blocks(big.model))
-            kept = ([int(i) for i in keep_layers.split(",")] if keep_layers
-                    else list(range(1, count, 2)))
+            if student_layers:
+                kept = pick_layers(big, student_layers, texts[:64], max_length)
+                console.print(f"student: the teacher's layers {kept} (best untrained fidelity "
+                              "on 64 training texts)")
+            else:
+                kept = ([int(i) for i in keep_layers.split(",")] if keep_layers
+                        else list(range(1, count, 2)))
             small = student_from_teacher(big, kept)
         before, teacher_eval = (_held_out_quality(small, big, eval_data, limit) if lead
                                 else ({}, None))

@@ -256,11 +256,12 @@ def test_train_augments_a_text_classifiers_records_and_refuses_other_models(tmp_
     assert "Traceback" not in refused.stderr
 
 
-def test_distill_with_dp_sgd_reports_the_epsilon_spent(tmp_path):
-    done = slimforge("distill", "builtin:tiny-bert", "--keep-layers", "0", "--steps", "2",
+def test_distill_picks_the_student_layers_and_reports_the_dp_epsilon_spent(tmp_path):
+    done = slimforge("distill", "builtin:tiny-bert", "--student-layers", "1", "--steps", "2",
                      "--batch-size", "4", "--limit", "16", "--max-length", "32",
                      "--privacy-epsilon", "8", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
+    assert "student: the teacher's layers" in done.stderr
     privacy = last_json(done.stdout)["train"]["privacy"]
     assert 0 < privacy["epsilon"] <= 8
     assert "DP-SGD: spent epsilon" in done.stderr

