@@ -8,8 +8,8 @@ split; unstructured 50% magnitude beside it, to show that zeros alone buy no spe
 The saved pruned model is reloaded in a new process and must give identical outputs. Then
 recovery: the pruned model is distilled from the unpruned one (representation loss, 1 - cos
 + MSE of the pooled embeddings, plus every layer's hidden states against the unpruned
-layer's; AdamW, warmup then cosine decay, bf16 autocast where the CPU
-has it) on the train split, and its held-out cosine is measured again.
+layer's; AdamW, warmup then cosine decay, bf16 autocast where the CPU has it, batches grouped
+by length) on the train split, and its held-out cosine is measured again.
 
 SmolLM2 (`builtin:smollm2`, fp32): held-out perplexity of the dense model and at 50%
 unstructured sparsity by magnitude and by Wanda (input norms from 32 train-split
@@ -57,7 +57,7 @@ def recover(model, base, steps: int, lr: float) -> tuple:
         recovered, result = distill(
             model, base, texts, DistillConfig(max_length=128, hidden_weight=1.0),
             TrainConfig(max_steps=steps, batch_size=32, lr=lr, warmup_steps=20,
-                        checkpoint_every=steps), folder)
+                        checkpoint_every=steps, group_by_length=True), folder)
     return recovered, result.seconds, result.precision
 
 
@@ -132,7 +132,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=500, help="MiniLM held-out paragraphs")
     parser.add_argument("--max-tokens", type=int, default=8192, help="SmolLM2 eval tokens")
-    parser.add_argument("--recovery-steps", type=int, default=400, help="0: no recovery")
+    parser.add_argument("--recovery-steps", type=int, default=1000, help="0: no recovery")
     parser.add_argument("--recovery-lr", type=float, default=3e-4)
     args = parser.parse_args()
     started = time.perf_counter()
