@@ -224,6 +224,15 @@ def bench(
     _json_line(result)
 
 
+# Options that `train` and `distill` share (one declaration, the same help in both).
+TENSORBOARD_OPTION = typer.Option(False, help="also log TensorBoard scalars to "
+                                  "WORK_DIR/tensorboard")
+STRATEGY_OPTION = typer.Option("ddp", help="under torchrun: ddp (a whole model per process) | "
+                               "fsdp (parameters, gradients and optimizer state sharded)")
+PRIVACY_DELTA_OPTION = typer.Option(1e-5, help="DP-SGD: delta")
+MAX_GRAD_NORM_OPTION = typer.Option(1.0, help="DP-SGD: per-example clipping bound")
+
+
 @app.command()
 @friendly
 def train(
@@ -244,8 +253,8 @@ def train(
     precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16 (GPU)"),
     max_length: int = typer.Option(256, help="tokens per training window or text"),
     privacy_epsilon: float = typer.Option(None, help="DP-SGD: the epsilon the run may spend"),
-    privacy_delta: float = typer.Option(1e-5, help="DP-SGD: delta"),
-    max_grad_norm: float = typer.Option(1.0, help="DP-SGD: per-example clipping bound"),
+    privacy_delta: float = PRIVACY_DELTA_OPTION,
+    max_grad_norm: float = MAX_GRAD_NORM_OPTION,
     adversarial: str = typer.Option(None, help="classifier: fgsm | pgd adversarial training"),
     eps: float = typer.Option(0.1, help="adversarial: L-inf radius"),
     attack_steps: int = typer.Option(10, help="adversarial: PGD steps"),
@@ -260,10 +269,8 @@ def train(
     work_dir: str = typer.Option(None, help="checkpoints and metrics.jsonl (default: "
                                  "OUTPUT_DIR/train-work)"),
     resume: bool = typer.Option(False, help="continue from the work dir's last checkpoint"),
-    tensorboard: bool = typer.Option(False, help="also log TensorBoard scalars to "
-                                     "WORK_DIR/tensorboard"),
-    strategy: str = typer.Option("ddp", help="under torchrun: ddp (a whole model per process) "
-                                 "| fsdp (parameters, gradients and optimizer state sharded)"),
+    tensorboard: bool = TENSORBOARD_OPTION,
+    strategy: str = STRATEGY_OPTION,
     group_by_length: bool = typer.Option(False, help="batch texts of similar length together "
                                          "(less padding, faster steps)"),
     proceed: bool = typer.Option(False, help="train on data that breaks the data check's "
@@ -279,7 +286,6 @@ def train(
 
     from slimforge.data.augment import AugmentConfig
     from slimforge.data.gate import DataRules, gate
-    from slimforge.io.run import write_run
     from slimforge.models.load import load_model
     from slimforge.train.config import TrainConfig
     from slimforge.train.distributed import torchrun_group
@@ -317,21 +323,31 @@ def train(
         trained = dataclasses.replace(loaded, notes=[
             *loaded.notes, f"trained for {result.steps} steps ({result.precision}{how})"])
         after = quality(trained)
-        summary = {"spec": spec, "before": before, "after": after, "train": result.to_json(),
-                   "data_check": checked.to_json() if checked else None}
-        lines = [f"# slimforge train: {spec}", "",
-                 f"- {result.steps} steps in {result.seconds:.0f} s, {result.precision} "
-                 f"({result.precision_reason})", *_privacy_lines(result.privacy), "",
-                 "| held-out | before | after |", "|---|---|---|",
-                 *(f"| {k} | {before[k]:.4g} | {after[k]:.4g} |" for k in after), ""]
-        run = write_run(output_dir, "train", spec, config.model_dump(), summary, "\n".join(lines),
-                        model=trained)
-        _table(f"slimforge train {spec}", ("held-out", "before", "after"),
-               [[k, f"{before[k]:.4g}", f"{after[k]:.4g}"] for k in after])
-        for line in _privacy_lines(result.privacy):
-            console.print(line.removeprefix("- "))
-        console.print(f"run folder: {run}")
-        _json_line({**summary, "run": str(run)})
+        _trained_run("train", spec, {"spec": spec}, [], result, before, after, checked,
+                     config, output_dir, trained)
+
+
+def _trained_run(command: str, spec: str, head: dict[str, Any], notes: list[str], result: Any,
+                 before: dict[str, float], after: dict[str, float], checked: Any, config: Any,
+                 output_dir: str, trained: Any) -> None:
+    """The run folder, table and JSON line that `train` and `distill` end with."""
+    from slimforge.io.run import write_run
+
+    summary = {**head, "before": before, "after": after, "train": result.to_json(),
+               "data_check": checked.to_json() if checked else None}
+    lines = [f"# slimforge {command}: {spec}", "", *notes,
+             f"- {result.steps} steps in {result.seconds:.0f} s, {result.precision} "
+             f"({result.precision_reason})", *_privacy_lines(result.privacy), "",
+             "| held-out | before | after |", "|---|---|---|",
+             *(f"| {k} | {before[k]:.4g} | {after[k]:.4g} |" for k in after), ""]
+    run = write_run(output_dir, command, spec, config.model_dump(), summary, "\n".join(lines),
+                    model=trained)
+    _table(f"slimforge {command} {spec}", ("held-out", "before", "after"),
+           [[k, f"{before[k]:.4g}", f"{after[k]:.4g}"] for k in after])
+    for line in _privacy_lines(result.privacy):
+        console.print(line.removeprefix("- "))
+    console.print(f"run folder: {run}")
+    _json_line({**summary, "run": str(run)})
 
 
 def _privacy_lines(privacy: dict[str, Any] | None) -> list[str]:
@@ -422,15 +438,13 @@ def distill(
     limit: int = typer.Option(200, help="held-out texts (embedding) for the before/after"),
     privacy_epsilon: float = typer.Option(None, help="DP-SGD: the epsilon the run may spend "
                                           "(protects the training texts)"),
-    privacy_delta: float = typer.Option(1e-5, help="DP-SGD: delta"),
-    max_grad_norm: float = typer.Option(1.0, help="DP-SGD: per-example clipping bound"),
+    privacy_delta: float = PRIVACY_DELTA_OPTION,
+    max_grad_norm: float = MAX_GRAD_NORM_OPTION,
     work_dir: str = typer.Option(None, help="checkpoints and metrics.jsonl (default: "
                                  "OUTPUT_DIR/distill-work)"),
     resume: bool = typer.Option(False, help="continue from the work dir's last checkpoint"),
-    tensorboard: bool = typer.Option(False, help="also log TensorBoard scalars to "
-                                     "WORK_DIR/tensorboard"),
-    strategy: str = typer.Option("ddp", help="under torchrun: ddp (a whole model per process) "
-                                 "| fsdp (parameters, gradients and optimizer state sharded)"),
+    tensorboard: bool = TENSORBOARD_OPTION,
+    strategy: str = STRATEGY_OPTION,
     group_by_length: bool = typer.Option(True, help="batch texts of similar length together "
                                          "(less padding, faster steps)"),
     proceed: bool = typer.Option(False, help="train on data that breaks the data check's "
@@ -443,7 +457,6 @@ def distill(
 
     from slimforge.data.gate import DataRules, gate
     from slimforge.data.sources import load_texts
-    from slimforge.io.run import write_run
     from slimforge.models.load import load_model
     from slimforge.train.config import TrainConfig
     from slimforge.train.distill import DistillConfig, pick_layers, student_from_teacher
@@ -486,22 +499,9 @@ def distill(
         if not lead:
             return
         after, _ = _held_out_quality(trained, big, eval_data, limit, teacher_eval)
-        summary = {"teacher": teacher, "before": before, "after": after,
-                   "train": result.to_json(), "data_check": checked.to_json() if checked else None}
-        lines = [f"# slimforge distill: {teacher}", "",
-                 f"- Student: {small.steps[-1] if small.steps else student}",
-                 f"- {result.steps} steps in {result.seconds:.0f} s, {result.precision} "
-                 f"({result.precision_reason})", *_privacy_lines(result.privacy), "",
-                 "| held-out | before | after |", "|---|---|---|",
-                 *(f"| {k} | {before[k]:.4g} | {after[k]:.4g} |" for k in after), ""]
-        run = write_run(output_dir, "distill", teacher, config.model_dump(), summary,
-                        "\n".join(lines), model=trained)
-        _table(f"slimforge distill {teacher}", ("held-out", "before", "after"),
-               [[k, f"{before[k]:.4g}", f"{after[k]:.4g}"] for k in after])
-        for line in _privacy_lines(result.privacy):
-            console.print(line.removeprefix("- "))
-        console.print(f"run folder: {run}")
-        _json_line({**summary, "run": str(run)})
+        _trained_run("distill", teacher, {"teacher": teacher},
+                     [f"- Student: {small.steps[-1] if small.steps else student}"], result,
+                     before, after, checked, config, output_dir, trained)
 
 
 def _held_out_quality(student, teacher, data, limit, teacher_eval=None):
