@@ -178,8 +178,8 @@ def _micro_batches(stream: _Stream, examples: Sequence[Any], config: TrainConfig
 
 class _Log:
     """metrics.jsonl, rewritten on resume to the lines up to the checkpoint's step; and, when
-    asked, the same figures as TensorBoard scalars (events past the checkpoint's step are
-    purged on resume, so a resumed run's curves have no doubled stretch)."""
+    asked, the same figures as TensorBoard scalars (events past the checkpoint's step, or all
+    of them on a fresh start, are purged, so the curves have no doubled stretch)."""
 
     def __init__(self, path: Path, keep_until: int, enabled: bool, tensorboard: bool) -> None:
         self.path, self.enabled = path, enabled
@@ -212,7 +212,8 @@ def _board(folder: Path, resumed_at: int) -> Any:
         raise TrainingError("TensorBoard logging needs the tensorboard package.",
                             "pip install 'slimforge[tensorboard]', or leave tensorboard off "
                             "(metrics.jsonl has the same figures).") from None
-    return SummaryWriter(str(folder), purge_step=resumed_at + 1 if resumed_at else None)
+    # A fresh start purges every earlier event, as metrics.jsonl starts empty.
+    return SummaryWriter(str(folder), purge_step=resumed_at + 1)
 
 
 def _optimizer(model: nn.Module, config: TrainConfig, lr: float) -> torch.optim.Optimizer:
@@ -498,10 +499,11 @@ def _shard(model: nn.Module) -> nn.Module:
 
     sharded = copy.deepcopy(model)
     try:
-        for layer in blocks(sharded):
-            fully_shard(layer)
+        layers = list(blocks(sharded))
     except SlimforgeError:
-        pass  # no transformer layers: one unit for the whole model
+        layers = []  # no transformer layers: one unit for the whole model
+    for layer in layers:
+        fully_shard(layer)
     return fully_shard(sharded)
 
 

@@ -126,8 +126,8 @@ class PrivateTraining:
             raise TrainingError(f"No noise level reaches epsilon {config.target_epsilon} "
                                 f"in {steps} steps ({exc}).",
                                 "raise target_epsilon, or train fewer steps.") from None
-        self._hook = _per_example_positions(model)
         self.module = GradSampleModule(model, loss_reduction="sum")
+        self._hook = _per_example_positions(model)  # after wrapping: nothing to undo if it fails
         self.optimizer = DPOptimizer(optimizer, noise_multiplier=self.noise_multiplier,
                                      max_grad_norm=config.max_grad_norm,
                                      expected_batch_size=batch_size, loss_reduction="mean")

@@ -201,6 +201,11 @@ def test_tensorboard_scalars_match_the_jsonl_and_a_resume_purges_the_overlap(tmp
     assert [e.step for e in loss] == [r["step"] for r in rows] == list(range(1, 9))
     assert [e.value for e in loss] == pytest.approx([r["loss"] for r in rows], rel=1e-6)
     assert {"lr", "grad_norm", "seconds"} <= set(events.Tags()["scalars"])
+    # A fresh start in the same folder: its curve alone, like its metrics.jsonl.
+    fit(_model(), _data(), Tokens(), config.model_copy(update={"max_steps": 2}), tmp_path)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss")] == [1, 2]
 
 
 def test_batches_grouped_by_length_cover_each_epoch_once_and_pad_little():
