@@ -464,6 +464,9 @@ def distill(
     from slimforge.train.distributed import torchrun_group
     from slimforge.trust.privacy import PrivacyConfig
 
+    if sum(x is not None for x in (student, keep_layers, student_layers)) > 1:
+        raise SlimforgeError("--student, --keep-layers and --student-layers each choose the "
+                             "student; more than one was given.", "pass only one of them.")
     privacy = (PrivacyConfig(target_epsilon=privacy_epsilon, delta=privacy_delta,
                              max_grad_norm=max_grad_norm) if privacy_epsilon else None)
     config = TrainConfig(max_steps=steps, batch_size=batch_size, accumulation=accumulation,

@@ -262,6 +262,10 @@ def test_distill_picks_the_student_layers_and_reports_the_dp_epsilon_spent(tmp_p
                      "--privacy-epsilon", "8", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "student: the teacher's layers" in done.stderr
+    both = slimforge("distill", "builtin:tiny-bert", "--student-layers", "1", "--keep-layers",
+                     "0", cwd=tmp_path)
+    assert both.returncode != 0
+    assert "pass only one of them" in both.stderr
     privacy = last_json(done.stdout)["train"]["privacy"]
     assert 0 < privacy["epsilon"] <= 8
     assert "DP-SGD: spent epsilon" in done.stderr
