@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from slimforge.train.config import TrainConfig
 from tests.unit.train.test_engine import FP32, Tokens, _data, _model
 
 SCRIPT = """
@@ -83,15 +84,9 @@ def llama_windows():
     return tiny_llama(), windows, NextToken(torch.device("cpu"))
 
 
-def _fsdp_config():
-    from slimforge.train.config import TrainConfig
-
-    # x 2 processes: a global batch of 8 windows, AdamW state that the resume must restore
-    return TrainConfig(max_steps=4, batch_size=2, accumulation=2, lr=1e-2, precision="fp32",
-                       schedule="constant", strategy="fsdp", checkpoint_every=2)
-
-
-FSDP = _fsdp_config()
+# x 2 processes: a global batch of 8 windows, AdamW state that the resume must restore
+FSDP = TrainConfig(max_steps=4, batch_size=2, accumulation=2, lr=1e-2, precision="fp32",
+                   schedule="constant", strategy="fsdp", checkpoint_every=2)
 
 
 def test_fsdp_in_two_processes_checkpoints_resumes_and_matches_one_process(tmp_path):

@@ -299,10 +299,11 @@ class _Run:
                                                progress["bad"])
         return self.step
 
-    def gather(self, everywhere: bool = False) -> None:
-        """FSDP: the trained shards' full weights into `model` and the optimizer's full
-        state into `full_optimizer`, on rank 0 (`everywhere`: the weights on every rank).
-        Every rank must call it. Nothing to do otherwise: `model` is what trains."""
+    def gather(self, everywhere: bool = False, optimizer: bool = False) -> None:
+        """FSDP: the trained shards' full weights into `model` on rank 0 (`everywhere`: on
+        every rank), and with `optimizer` the optimizer's full state into `full_optimizer`
+        for a checkpoint. Every rank must call it. Nothing to do otherwise: `model` is what
+        trains."""
         if not self.sharded:
             return
         from torch.distributed.checkpoint.state_dict import (
@@ -315,7 +316,7 @@ class _Run:
             full_state_dict=True, cpu_offload=not everywhere))
         if full:  # offloaded: ranks other than 0 get nothing
             self.model.load_state_dict(full)
-        if not everywhere:
+        if optimizer:
             self.full_optimizer = get_optimizer_state_dict(
                 self.trained, self.optimizer,
                 options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -465,10 +466,10 @@ def _loop(run: _Run, evaluate: Callable[[nn.Module], float] | None, log: _Log,
                                      and run.step % config.eval_every == 0):
             stopped = _evaluate(run, evaluate, log, writer)
         if final or stopped or run.step % config.checkpoint_every == 0:
-            run.gather()
-        if writer and (final or stopped or run.step % config.checkpoint_every == 0):
-            save_state(run.run_dir / "last", run.model, run.parts(),
-                       {"step": run.step, "precision": run.precision})
+            run.gather(optimizer=True)
+            if writer:
+                save_state(run.run_dir / "last", run.model, run.parts(),
+                           {"step": run.step, "precision": run.precision})
         _barrier()
         if stopped:
             break
