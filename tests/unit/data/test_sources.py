@@ -8,7 +8,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from slimforge.data.sources import iter_records, load_records, load_texts, stdlib_corpus
+from slimforge.data.sources import (
+    STDLIB_MODULES,
+    iter_records,
+    load_records,
+    load_texts,
+    stdlib_corpus,
+)
 from slimforge.errors import DataError
 
 
@@ -21,6 +27,10 @@ def test_stdlib_corpus_is_deterministic_with_disjoint_splits():
     assert len(train) + len(held_out) == len(corpus.paragraphs)
     assert len(held_out) >= 500  # enough for the 500-paragraph fidelity check
     assert all(p[0].isupper() and len(p.split()) >= 12 for p in held_out)
+    # the fixed list first, then the rest of the stdlib, its public submodules included
+    assert corpus.modules[:3] == STDLIB_MODULES[:3]
+    assert {"asyncio.base_events", "json.decoder", "zoneinfo"} <= set(corpus.modules)
+    assert not set(corpus.modules) & {"this", "antigravity", "idlelib", "unittest.test"}
 
 
 def test_load_texts_limits_and_splits():
