@@ -28,7 +28,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def extra_texts(texts: list[str], kind: str) -> list[str]:
     """`sentences`: each paragraph's sentences of 4+ words (where it has several);
-    `cropsN`: N random crops of 12-120 words from each paragraph joined to the next."""
+    `cropsN`: N random crops of 12-120 words from each paragraph joined to the next;
+    `augN`: N copies of each paragraph through `slimforge.data.augment` (10% of the words
+    deleted, 5% swapped)."""
+    if kind.startswith("aug"):
+        from slimforge.data.augment import AugmentConfig, augment
+
+        config = AugmentConfig(copies=int(kind.removeprefix("aug")), deletion=0.1, swap=0.05)
+        return augment(texts, config)[len(texts):]
     if kind == "sentences":
         out = []
         for text in texts:
@@ -60,11 +67,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--hidden", type=float, default=0.0, help="hidden_weight")
-    parser.add_argument("--extra", default="none", help="none | sentences | cropsN")
+    parser.add_argument("--extra", default="none", help="none | sentences | cropsN | augN")
     parser.add_argument("--freeze", default="", help="freeze parameters whose name has this")
+    parser.add_argument("--dropout", type=float, default=None, help="the student's dropout "
+                        "probability (default: the teacher's config, 0.1 for MiniLM)")
     parser.add_argument("--group", action="store_true", help="batches grouped by length")
     parser.add_argument("--every", type=int, default=0, help="curve every N steps")
     args = parser.parse_args()
+    import torch
 
     teacher = load_model("builtin:minilm")
     small = EvalConfig(limit=200)
@@ -79,6 +89,9 @@ def main() -> None:
     for name, param in student.model.named_parameters():
         if args.freeze and args.freeze in name:
             param.requires_grad_(False)
+    for module in student.model.modules():
+        if args.dropout is not None and isinstance(module, torch.nn.Dropout):
+            module.p = args.dropout
     texts = load_texts("builtin:stdlib-docs", "train")
     texts += [] if args.extra == "none" else extra_texts(texts, args.extra)
 

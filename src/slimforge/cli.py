@@ -435,6 +435,11 @@ def distill(
     warmup_steps: int = typer.Option(20, help="linear warmup steps"),
     precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16 (GPU)"),
     max_length: int = typer.Option(128, help="tokens per text or window"),
+    hidden_weight: float = typer.Option(None, help="embeddings: weight of matching each "
+                                        "layer's token states to its teacher layer's (default "
+                                        "1 for a student made from the teacher, else 0)"),
+    dropout: float = typer.Option(0.0, help="the student's dropout probability while it "
+                                  "learns (0: off; the teacher's targets are deterministic)"),
     limit: int = typer.Option(200, help="held-out texts (embedding) for the before/after"),
     privacy_epsilon: float = typer.Option(None, help="DP-SGD: the epsilon the run may spend "
                                           "(protects the training texts)"),
@@ -497,8 +502,11 @@ def distill(
         before, teacher_eval = (_held_out_quality(small, big, eval_data, limit) if lead
                                 else ({}, None))
         folder = Path(work_dir or Path(output_dir) / "distill-work")
-        trained, result = run_distill(small, big, texts, DistillConfig(max_length=max_length),
-                                      config, folder, resume=resume)
+        if hidden_weight is None:
+            hidden_weight = 1.0 if student is None and big.task == "embedding" else 0.0
+        signal = DistillConfig(max_length=max_length, hidden_weight=hidden_weight,
+                               dropout=dropout)
+        trained, result = run_distill(small, big, texts, signal, config, folder, resume=resume)
         if not lead:
             return
         after, _ = _held_out_quality(trained, big, eval_data, limit, teacher_eval)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 import torch
 
 from slimforge.compress.structured import blocks
+from slimforge.errors import TrainingError
 from slimforge.models.load import load_model
 from slimforge.models.tasks import embed
 from slimforge.train.config import TrainConfig
@@ -51,6 +53,34 @@ def test_an_embedding_student_moves_towards_its_teacher(tmp_path):
     assert result.steps == 40
     assert "distilled from builtin:tiny-bert" in trained.notes[-1]
     assert trained.steps == student.steps  # training changes values, not the structure
+
+
+def test_the_student_learns_without_dropout_unless_told(tmp_path):
+    teacher = load_model("builtin:tiny-bert")
+    config = TrainConfig(max_steps=3, **TRAIN)
+    losses = {}
+    for dropout in (0.0, None):  # None: the model's own 0.1
+        same = student_from_teacher(teacher, [0, 1])  # equal to its teacher
+        distill(same, teacher, TEXTS, DistillConfig(max_length=32, dropout=dropout), config,
+                tmp_path / str(dropout))
+        losses[dropout] = _losses(tmp_path / str(dropout))[0]
+        assert {m.p for m in same.model.modules() if isinstance(m, torch.nn.Dropout)} == {0.1}
+    assert losses[0.0] == pytest.approx(0.0, abs=1e-5)  # deterministic: nothing to learn
+    assert losses[None] > 1e-3  # dropout's noise alone moves it away from its teacher
+
+
+def test_a_narrower_student_learns_through_a_projection_not_token_states(tmp_path):
+    from transformers import BertModel
+
+    teacher = load_model("builtin:tiny-bert")
+    config = teacher.model.config.to_dict() | {"hidden_size": 16, "intermediate_size": 32}
+    narrow = dataclasses.replace(teacher, model=BertModel(type(teacher.model.config)(**config)))
+    train = TrainConfig(max_steps=3, **TRAIN)
+    _, result = distill(narrow, teacher, TEXTS, DistillConfig(max_length=32), train, tmp_path)
+    assert result.steps == 3
+    with pytest.raises(TrainingError, match="teacher's width"):
+        distill(narrow, teacher, TEXTS, DistillConfig(max_length=32, hidden_weight=1.0), train,
+                tmp_path / "states")
 
 
 def test_hidden_states_are_matched_layer_to_layer():
