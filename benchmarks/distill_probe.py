@@ -69,13 +69,12 @@ def main() -> None:
     parser.add_argument("--hidden", type=float, default=0.0, help="hidden_weight")
     parser.add_argument("--extra", default="none", help="none | sentences | cropsN | augN")
     parser.add_argument("--freeze", default="", help="freeze parameters whose name has this")
-    parser.add_argument("--dropout", type=float, default=None, help="the student's dropout "
-                        "probability (default: the teacher's config, 0.1 for MiniLM)")
+    parser.add_argument("--dropout", type=float, default=0.0, help="the student's dropout "
+                        "probability while it learns; negative keeps its config's (0.1 here)")
     parser.add_argument("--group", action="store_true", help="batches grouped by length")
     parser.add_argument("--every", type=int, default=0, help="curve every N steps")
     args = parser.parse_args()
-    import torch
-
+    dropout = None if args.dropout < 0 else args.dropout
     teacher = load_model("builtin:minilm")
     small = EvalConfig(limit=200)
     curve_reference = evaluate(teacher, config=small)
@@ -89,9 +88,6 @@ def main() -> None:
     for name, param in student.model.named_parameters():
         if args.freeze and args.freeze in name:
             param.requires_grad_(False)
-    for module in student.model.modules():
-        if args.dropout is not None and isinstance(module, torch.nn.Dropout):
-            module.p = args.dropout
     texts = load_texts("builtin:stdlib-docs", "train")
     texts += [] if args.extra == "none" else extra_texts(texts, args.extra)
 
@@ -103,7 +99,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as folder:
         trained, result = distill(
-            student, teacher, texts, DistillConfig(max_length=128, hidden_weight=args.hidden),
+            student, teacher, texts, DistillConfig(max_length=128, hidden_weight=args.hidden,
+                                                   dropout=dropout),
             TrainConfig(max_steps=args.steps, batch_size=32, lr=args.lr,
                         warmup_steps=min(20, args.steps - 1),
                         checkpoint_every=args.steps, eval_every=args.every,

@@ -7,9 +7,9 @@ and at batch 1; fidelity as the mean cosine to the unpruned embeddings on the he
 split; unstructured 50% magnitude beside it, to show that zeros alone buy no speed on a CPU.
 The saved pruned model is reloaded in a new process and must give identical outputs. Then
 recovery: the pruned model is distilled from the unpruned one (representation loss, 1 - cos
-+ MSE of the pooled embeddings, plus every layer's hidden states against the unpruned
-layer's; AdamW, warmup then cosine decay, bf16 autocast where the CPU has it, batches grouped
-by length) on the train split, and its held-out cosine is measured again.
++ MSE of the pooled embeddings, plus 10 x every layer's hidden states against the unpruned
+layer's; no dropout; AdamW, warmup then cosine decay, bf16 autocast where the CPU has it,
+batches grouped by length) on the train split, and its held-out cosine is measured again.
 
 SmolLM2 (`builtin:smollm2`, fp32): held-out perplexity of the dense model and at 50%
 unstructured sparsity by magnitude and by Wanda (input norms from 32 train-split
@@ -55,7 +55,7 @@ def recover(model, base, steps: int, lr: float) -> tuple:
     texts = load_texts("builtin:stdlib-docs", "train")
     with tempfile.TemporaryDirectory() as folder:
         recovered, result = distill(
-            model, base, texts, DistillConfig(max_length=128, hidden_weight=1.0),
+            model, base, texts, DistillConfig(max_length=128, hidden_weight=10.0),
             TrainConfig(max_steps=steps, batch_size=32, lr=lr, warmup_steps=20,
                         checkpoint_every=steps, group_by_length=True), folder)
     return recovered, result.seconds, result.precision

@@ -437,7 +437,7 @@ def distill(
     max_length: int = typer.Option(128, help="tokens per text or window"),
     hidden_weight: float = typer.Option(None, help="embeddings: weight of matching each "
                                         "layer's token states to its teacher layer's (default "
-                                        "1 for a student made from the teacher, else 0)"),
+                                        "10 for a student made from the teacher, else 0)"),
     dropout: float = typer.Option(0.0, help="the student's dropout probability while it "
                                   "learns (0: off; the teacher's targets are deterministic)"),
     limit: int = typer.Option(200, help="held-out texts (embedding) for the before/after"),
@@ -503,7 +503,7 @@ def distill(
                                 else ({}, None))
         folder = Path(work_dir or Path(output_dir) / "distill-work")
         if hidden_weight is None:
-            hidden_weight = 1.0 if student is None and big.task == "embedding" else 0.0
+            hidden_weight = 10.0 if student is None and big.task == "embedding" else 0.0
         signal = DistillConfig(max_length=max_length, hidden_weight=hidden_weight,
                                dropout=dropout)
         trained, result = run_distill(small, big, texts, signal, config, folder, resume=resume)

