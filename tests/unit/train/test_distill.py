@@ -17,6 +17,7 @@ from slimforge.train.distill import (
     DistillConfig,
     EmbeddingDistillation,
     distill,
+    layer_targets,
     pick_layers,
     student_from_teacher,
     teacher_layers,
@@ -101,6 +102,33 @@ def test_hidden_states_are_matched_layer_to_layer():
         with torch.no_grad():
             losses.append(float(objective.loss(half.model, [0, 1, 2])))
     assert losses[1] > losses[0] + 1e-5
+
+
+def test_each_student_layer_learns_the_output_of_the_span_it_replaces():
+    assert layer_targets([0, 4, 5], 6) == [3, 4, 5]
+    assert layer_targets([1, 3, 5], 6) == [2, 4, 5]
+    assert layer_targets([0, 2], 6) == [1, 5]  # the last stands in for every layer after it
+    assert layer_targets(list(range(6)), 6) == list(range(6))  # pruned, not shortened
+
+
+@pytest.mark.parametrize("cache_mb", [2048, 0])
+def test_token_states_are_kept_after_the_first_pass_when_memory_allows(cache_mb):
+    teacher = load_model("builtin:tiny-bert")
+    student = student_from_teacher(teacher, [1])
+    student.model.eval()
+    targets = embed(teacher, TEXTS, max_length=32)
+    config = DistillConfig(max_length=32, hidden_weight=1.0, state_cache_mb=cache_mb)
+    objective = EmbeddingDistillation(student, TEXTS, targets, config, teacher)
+    calls = []
+    hook = teacher.model.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        first = float(objective.loss(student.model, [0, 5, 9]))  # texts of unequal length
+        again = float(objective.loss(student.model, [9, 0, 5]))  # other order, other padding
+        mixed = float(objective.loss(student.model, [0, 5, 9, 10]))  # one text not seen yet
+    hook.remove()
+    assert again == pytest.approx(first, rel=1e-5)
+    assert mixed > first
+    assert len(calls) == (2 if cache_mb else 3)  # the teacher skips the batch it has seen
 
 
 def test_a_causal_student_learns_the_softened_next_token_distribution(tmp_path):
