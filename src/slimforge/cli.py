@@ -436,7 +436,8 @@ def distill(
     precision: str = typer.Option("auto", help="auto | fp32 | bf16 | fp16 (GPU)"),
     max_length: int = typer.Option(128, help="tokens per text or window"),
     hidden_weight: float = typer.Option(None, help="embeddings: weight of matching each "
-                                        "layer's token states to its teacher layer's (default "
+                                        "layer's token states to the teacher layer ending the "
+                                        "span it replaces (default "
                                         "10 for a student made from the teacher, else 0)"),
     dropout: float = typer.Option(0.0, help="the student's dropout probability while it "
                                   "learns (0: off; the teacher's targets are deterministic)"),
