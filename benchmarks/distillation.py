@@ -6,11 +6,10 @@ student best matches the teacher on 64 training paragraphs (`pick_layers`; the
 `prune_structured` step, initialised from the teacher's weights) and is distilled on the
 stdlib train split (representation loss: 1 - cos + MSE of the pooled embeddings, plus every
 student layer's token states against the teacher layer that ends the span it stands in for,
-at weight 10; no dropout; AdamW at
-5e-4, warmup then cosine decay; bf16 autocast where the CPU has it; batches grouped by length)
-for about `--minutes`.
-Held-out fidelity (mean cosine to the teacher's embeddings) before and after; throughput of
-student vs teacher at batch 32 x 128 tokens, in alternating rounds of one run.
+at weight 10; no dropout; AdamW at 5e-4, warmup then cosine decay; bf16 autocast where the
+CPU has it; batches grouped by length) for about `--minutes`. Held-out fidelity (mean cosine
+to the teacher's embeddings) before and after; throughput of student vs teacher at batch 32 x
+128 tokens, in alternating rounds of one run.
 
 SmolLM2 (`builtin:smollm2`, 30 layers): the student keeps every other layer; held-out
 perplexity of the truncated model before distillation and after a brief logit distillation
