@@ -60,8 +60,8 @@ class DistillConfig(BaseModel):
     train split, 131k tokens: 575 MB for a 3-layer MiniLM student, 1.15 GB for a pruned
     6-layer one); texts past the limit, or all with 0, run the teacher at every step. A
     resumed run refills the cache from other batches, whose padding moves the teacher's
-    states in the last bits (about 2e-6 for MiniLM): with 0, a resumed distillation ends
-    bit-identical to an uninterrupted one, as plain training does."""
+    states in the last bits (about 2e-6 for MiniLM); with 0 the teacher sees the same
+    batches as in an uninterrupted run."""
     max_length: int = Field(128, ge=8)
     """Tokens per text (representation) or per window (logits)."""
     dropout: float | None = Field(0.0, ge=0, lt=1)
