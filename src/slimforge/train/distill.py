@@ -50,10 +50,10 @@ class DistillConfig(BaseModel):
     error per token, each student layer against the teacher layer whose output it stands in
     for: `layer_targets`); needs a student of the teacher's width (a pruned or truncated
     teacher). The teacher then runs beside the student in the first epoch (see
-    `state_cache_mb`). The per-token error is
-    small beside the pooled loss, so it needs a large weight: a 3-layer MiniLM student after
-    400 steps, each layer matched to its source layer, reached held-out cosine 0.929 at 1,
-    0.931 at 3, 0.933 at 10, and no more at 30 or 100."""
+    `state_cache_mb`). The per-token error is small beside the pooled loss, so it needs a
+    large weight: a 3-layer MiniLM student after 400 steps, each layer matched to its source
+    layer, reached held-out cosine 0.929 at 1, 0.931 at 3, 0.933 at 10, and no more at 30
+    or 100."""
     state_cache_mb: int = Field(2048, ge=0)
     """representation with `hidden_weight`: memory (MB) for the teacher's token states of
     texts already seen, so that later epochs do not run the teacher again (fp32 on the stdlib
