@@ -16,6 +16,7 @@ import copy
 import math
 import sys
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -45,19 +46,38 @@ class OnnxConfig(StepConfig):
 
 
 class OrtModule(nn.Module):
-    """An ONNX Runtime session behind a Hugging Face-style `forward`."""
+    """An ONNX Runtime session behind a Hugging Face-style `forward`.
+
+    The session's intra-op thread count follows `torch.set_num_threads` (or `threads`, when
+    given): it is rebuilt when the two differ at a call. A server that runs one batch per
+    core (`slimforge serve`) therefore gets one single-threaded session per worker's share
+    instead of two thread pools of every core fighting for the same cores.
+    """
 
     def __init__(self, onnx_bytes: bytes, threads: int | None = None) -> None:
         super().__init__()
+        self.onnx_bytes = onnx_bytes
+        self.fixed_threads = threads
+        self._lock = threading.Lock()
+        self.session = self._session(threads or torch.get_num_threads())
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def _session(self, threads: int) -> Any:
         import onnxruntime as ort
 
-        self.onnx_bytes = onnx_bytes
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(onnx_bytes, options,
-                                            providers=["CPUExecutionProvider"])
-        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.threads = threads
+        return ort.InferenceSession(self.onnx_bytes, options, providers=["CPUExecutionProvider"])
+
+    def _current(self) -> Any:
+        wanted = self.fixed_threads or torch.get_num_threads()
+        if wanted != self.threads:
+            with self._lock:
+                if wanted != self.threads:
+                    self.session = self._session(wanted)
+        return self.session
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, **_: Any) -> SimpleNamespace:
@@ -68,11 +88,11 @@ class OrtModule(nn.Module):
         if given["token_type_ids"] is None:
             given["token_type_ids"] = torch.zeros_like(input_ids)
         feeds = {name: given[name].cpu().numpy() for name in self.input_names}
-        (hidden,) = self.session.run(["last_hidden_state"], feeds)
+        (hidden,) = self._current().run(["last_hidden_state"], feeds)
         return SimpleNamespace(last_hidden_state=torch.from_numpy(hidden))
 
     def __deepcopy__(self, memo: dict[int, Any]) -> OrtModule:
-        return OrtModule(self.onnx_bytes)
+        return OrtModule(self.onnx_bytes, self.fixed_threads)
 
     def stored_values(self) -> int:
         """Values held in the graph's initializers (the ONNX form of parameters)."""

@@ -44,3 +44,22 @@ def test_int8_graph_is_smaller_and_close(tiny_bert):
 def test_onnx_applies_to_encoders_only(tiny_llama):
     with pytest.raises(SlimforgeError, match="does not apply to causal-lm models"):
         apply_step(tiny_llama, {"step": "onnx"})
+
+
+def test_session_threads_follow_torch(tiny_bert):
+    ort = apply_step(tiny_bert, {"step": "onnx", "quantize": "none"})
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        ref, _ = _hidden(ort)
+        assert ort.model.threads == 2
+        torch.set_num_threads(1)  # what `slimforge serve` sets for each batch worker
+        out, _ = _hidden(ort)
+        assert ort.model.threads == 1
+        assert torch.allclose(out, ref, atol=1e-6)
+        torch.set_num_threads(2)
+        pinned = OrtModule(ort.model.onnx_bytes, threads=1)  # an explicit count is kept
+        pinned(**tiny_bert.tokenizer(["pinned"], return_tensors="pt"))
+        assert pinned.threads == 1
+    finally:
+        torch.set_num_threads(before)
