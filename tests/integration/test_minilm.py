@@ -7,6 +7,7 @@ import torch
 
 from slimforge.bench.bench import BenchConfig, benchmark
 from slimforge.compress import apply_step
+from slimforge.compress.quantize import cpu_has_vnni
 from slimforge.evaluation.evaluate import EvalConfig, evaluate
 from slimforge.io.run import write_run
 from slimforge.models.load import load_model
@@ -65,14 +66,20 @@ def test_sensitivity_on_calibration_text_keeps_the_worst_layer_in_float(minilm):
     assert with_float >= evaluate(plain, config=config).metrics["cosine_mean"]
 
 
-@pytest.mark.parametrize(("method", "cosine", "knn"), [
-    ("static-int8", 0.99, 0.9),            # measured 0.9939 / 0.907 on 500 paragraphs
-    ("weight-only-int8", 0.998, 0.95),     # measured 0.9994 / 0.970 on 500
-    ("torchao-int8-dynamic", 0.995, 0.92),  # measured 0.9976 / 0.942 on 500
+VNNI = cpu_has_vnni()
+
+
+@pytest.mark.parametrize(("method", "cosine", "knn", "limit"), [
+    # 8-bit activations with VNNI: measured 0.9939 / 0.907 on 500 paragraphs (Xeon); 7-bit
+    # without: 0.9840 / 0.885 on 120 (AVX2 EPYC)
+    ("static-int8", 0.99 if VNNI else 0.98, 0.9 if VNNI else 0.85, 120),
+    ("weight-only-int8", 0.998, 0.95, 120),     # measured 0.9994 / 0.970 on 500
+    # measured 0.9976 / 0.942 on 500; eager torchao is slow (32 paragraphs: about 30 s)
+    ("torchao-int8-dynamic", 0.995, 0.92, 32),
 ])
-def test_other_int8_routes_keep_fidelity_on_the_real_model(minilm, method, cosine, knn):
+def test_other_int8_routes_keep_fidelity_on_the_real_model(minilm, method, cosine, knn, limit):
     q = apply_step(minilm, {"step": "quantize", "method": method})
-    metrics = evaluate(q, config=EvalConfig(limit=120)).metrics
+    metrics = evaluate(q, config=EvalConfig(limit=limit)).metrics
     assert metrics["cosine_mean"] > cosine
     assert metrics["knn_overlap_at_10"] > knn
     assert len(q.layers) == 40  # every quantized layer's SQNR is in the artifact
@@ -93,13 +100,13 @@ def test_per_token_static_and_weight_only_int8_do_not_depend_on_batch_mates(mini
 
 def _assert_independent_of_batch_mates(q):
     """Alone vs first of 32. Measured: per-batch dynamic int8 0.991; torchao per-token 0.99958
-    (padding changes float rounding upstream, which flips a few int8 roundings); weight-only
-    int8 in bf16 > 0.9999."""
+    on the Xeon, 0.99891 on an AVX2 EPYC (padding changes float rounding upstream, which
+    flips a few int8 roundings); weight-only int8 in bf16 > 0.9999."""
     from slimforge.data.sources import load_texts
 
     texts = load_texts("builtin:stdlib-docs", "eval", 32)
     alone, batched = embed(q, texts[:1]), embed(q, texts, batch_size=32)[:1]
-    assert float((alone.float() * batched.float()).sum()) > 0.999
+    assert float((alone.float() * batched.float()).sum()) > 0.998
 
 
 def test_structured_pruning_shrinks_the_real_model_and_reloads_in_a_new_process(minilm,

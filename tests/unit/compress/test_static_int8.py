@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from slimforge.compress import apply_step
-from slimforge.compress.quantize import QuantConfig, quantize, quantized_layers
+from slimforge.compress.quantize import QuantConfig, cpu_has_vnni, quantize, quantized_layers
 from slimforge.compress.static_int8 import StaticInt8Conv2d, StaticInt8Linear, calibrate_static
 from slimforge.errors import RecipeError, SlimforgeError
 from slimforge.io.run import write_run
@@ -29,7 +29,9 @@ def test_a_cnn_quantized_statically_stays_close():
     config = QuantConfig(method="static-int8", embeddings=False)
     layers = quantized_layers(model, config)
     assert layers == ["features.0", "features.2", "head"]
-    qparams = calibrate_static(model, layers, batches, full_range=True)
+    # 8-bit activations only where the CPU has VNNI, as `activation_range: auto` does: without
+    # it fbgemm's int16 pair sums saturate (measured on an AVX2 EPYC: 14.7 dB at 8 bits).
+    qparams = calibrate_static(model, layers, batches, full_range=cpu_has_vnni())
     assert len(qparams["features.0"]) == 4  # conv: input and output ranges
     assert len(qparams["head"]) == 2
     q = quantize(model, config.model_copy(update={"activation_qparams": qparams}))
