@@ -14,6 +14,20 @@ from slimforge.models.load import load_model
 from slimforge.models.tasks import embed
 
 
+@pytest.fixture(scope="module")
+def quantized(minilm):
+    """`quantized(method)`: MiniLM quantized with `method`, made once per module (the torchao
+    route takes 16 s to quantize and measure its layers on a slow CPU)."""
+    made: dict = {}
+
+    def get(method: str):
+        if method not in made:
+            made[method] = apply_step(minilm, {"step": "quantize", "method": method})
+        return made[method]
+
+    return get
+
+
 def test_embeddings_rank_related_sentences_first(minilm):
     emb = embed(minilm, ["How do I open a file for reading?",
                          "Open a file and return a stream for reading its contents.",
@@ -77,8 +91,9 @@ VNNI = cpu_has_vnni()
     # measured 0.9976 / 0.942 on 500; eager torchao is slow (32 paragraphs: about 30 s)
     ("torchao-int8-dynamic", 0.995, 0.92, 32),
 ])
-def test_other_int8_routes_keep_fidelity_on_the_real_model(minilm, method, cosine, knn, limit):
-    q = apply_step(minilm, {"step": "quantize", "method": method})
+def test_other_int8_routes_keep_fidelity_on_the_real_model(quantized, method, cosine, knn,
+                                                          limit):
+    q = quantized(method)
     metrics = evaluate(q, config=EvalConfig(limit=limit)).metrics
     assert metrics["cosine_mean"] > cosine
     assert metrics["knn_overlap_at_10"] > knn
@@ -94,8 +109,8 @@ def test_int8_embedding_does_not_depend_on_its_batch_mates(minilm):
 
 
 @pytest.mark.parametrize("method", ["torchao-int8-dynamic", "weight-only-int8", "static-int8"])
-def test_per_token_static_and_weight_only_int8_do_not_depend_on_batch_mates(minilm, method):
-    _assert_independent_of_batch_mates(apply_step(minilm, {"step": "quantize", "method": method}))
+def test_per_token_static_and_weight_only_int8_do_not_depend_on_batch_mates(quantized, method):
+    _assert_independent_of_batch_mates(quantized(method))
 
 
 def _assert_independent_of_batch_mates(q):

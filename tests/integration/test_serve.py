@@ -28,7 +28,10 @@ def tiny() -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def minilm_server() -> Iterator[Server]:
-    yield from serve_fixture("builtin:minilm", "--model-name", "all-MiniLM-L6-v2")
+    # inputs of at most 128 tokens: start-up runs every batch shape up to it (warm_up), and
+    # these tests send short texts
+    yield from serve_fixture("builtin:minilm", "--model-name", "all-MiniLM-L6-v2",
+                             "--max-input-tokens", "128")
 
 
 def _post(server: Server, body: dict, key: str | None = KEY, **headers: str) -> httpx.Response:
@@ -339,7 +342,9 @@ def test_generation_refusals(tiny_llm, path, body, status, code):
 def test_openai_client_streams_a_chat_completion_from_smollm2():
     from openai import OpenAI
 
-    server = Server("builtin:smollm2", "--model-name", "smollm2")
+    # slimforge's engine uncompiled (compiling takes a minute on a slow CPU; the compiled
+    # step is checked against transformers in test_generate.py)
+    server = Server("builtin:smollm2", "--model-name", "smollm2", "--engine", "eager")
     try:
         client = OpenAI(base_url=f"{server.url}/v1", api_key="unused")
         stream = client.chat.completions.create(
