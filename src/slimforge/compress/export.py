@@ -68,8 +68,10 @@ class OrtModule(nn.Module):
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        session = ort.InferenceSession(self.onnx_bytes, options,
+                                       providers=["CPUExecutionProvider"])
         self.threads = threads
-        return ort.InferenceSession(self.onnx_bytes, options, providers=["CPUExecutionProvider"])
+        return session
 
     def _current(self) -> Any:
         wanted = self.fixed_threads or torch.get_num_threads()
