@@ -159,7 +159,10 @@ def main() -> None:
     parser.add_argument("--soak-s", type=float, default=300.0)
     args = parser.parse_args()
 
+    from slimforge.runtime import setup_runtime
     from slimforge.serve.loadtest import corpus_payloads
+
+    cores = setup_runtime().threads  # every core this process may use, as `serve` counts them
 
     payloads = corpus_payloads("minilm")
     with tempfile.TemporaryDirectory() as folder:
@@ -201,7 +204,7 @@ def main() -> None:
 
     # What the chosen form computes on every core with nothing else running (no HTTP, no
     # client): no server on this machine can answer faster than this.
-    ceiling = int8["texts_per_s_one_thread"][int8["chosen"]] * (os.cpu_count() or 1)
+    ceiling = int8["texts_per_s_one_thread"][int8["chosen"]] * cores
     statuses = overload["statuses"]
     five_xx = sum(n for s, n in statuses.items() if s.startswith("5"))
     soak_5xx = sum(n for s, n in soak["statuses"].items() if s.startswith("5"))
